@@ -1,0 +1,196 @@
+"""``blockseg run | status | evaluate | demo``.
+
+Exit codes: 0 success, 1 some blocks failed, 2 a bad config or input (one
+line on stderr, nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from blockseg import __version__
+
+log = logging.getLogger("blockseg")
+
+
+def _setup_logging(log_dir: Path | None, verbose: bool) -> None:
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console.setFormatter(logging.Formatter("blockseg: %(message)s"))
+    log.addHandler(console)
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_dir / "blockseg.log")
+        file_handler.setLevel(logging.DEBUG)
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(file_handler)
+
+
+def _parse_stages(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _apply_overrides(config, args: argparse.Namespace):
+    if getattr(args, "workers", None):
+        config.cluster.local.workers = args.workers
+    if getattr(args, "no_progress", False):
+        config.scheduler.progress = False
+    return config
+
+
+def format_scores(scores: dict) -> str:
+    """A table of VOI and Rand errors per threshold."""
+    lines = [f"{'threshold':>10} {'voi_split':>10} {'voi_merge':>10} {'voi_sum':>10} {'rand_split':>10} {'rand_merge':>10}"]
+    rows = [("fragments", scores["fragments"])] + list(scores["thresholds"].items())
+    for name, s in rows:
+        lines.append(
+            f"{name:>10} {s['voi_split']:10.4f} {s['voi_merge']:10.4f} {s['voi_sum']:10.4f} "
+            f"{s['rand_split']:10.4f} {s['rand_merge']:10.4f}"
+        )
+    best = scores["best"]
+    lines.append(f"best threshold {best['threshold']!r}: VOI sum {best['voi_sum']:.4f}")
+    return "\n".join(lines)
+
+
+def _run(config, stages: Sequence[str] | None, restart: bool) -> int:
+    from blockseg.cluster import open_client
+    from blockseg.pipeline import open_run, run_pipeline
+
+    run = open_run(config)
+    _setup_logging(config.output_dir / "logs", verbose=False)
+    start = time.perf_counter()
+    with open_client(config.cluster) as client:
+        reports = run_pipeline(run, client, stages=stages, restart=restart)
+    for report in reports.values():
+        print(report.summary())
+    if run.scores is not None:
+        print(format_scores(run.scores))
+        print(f"scores: {config.output_dir / 'scores.json'}")
+    print(f"outputs: {config.output_dir / 'volumes.zarr'} (fragments, segmentation/threshold_*), "
+          f"graph: {config.graph_url}, in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from blockseg.config import load_config
+
+    config = _apply_overrides(load_config(args.config), args)
+    return _run(config, _parse_stages(args.stages), args.restart)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from blockseg.config import load_config
+    from blockseg.pipeline import STAGE_ORDER, STAGES, open_run, stage_progress
+
+    config = load_config(args.config)
+    run = open_run(config)
+    print(f"{'stage':<12} {'done':>8} {'total':>8}  state")
+    for name in STAGE_ORDER:
+        stage = STAGES[name]
+        if not stage.enabled(run):
+            print(f"{name:<12} {'-':>8} {'-':>8}  disabled")
+            continue
+        done, total, current = stage_progress(run, stage)
+        state = "complete" if current and done == total else ("partial" if current and done else "not started")
+        if not current and run.store.stage_state(name) is not None:
+            state = "stale (inputs, parameters or outputs changed): reruns from scratch"
+        print(f"{name:<12} {done:>8} {total:>8}  {state}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from blockseg.config import load_config
+
+    config = _apply_overrides(load_config(args.config), args)
+    if not config.input.ground_truth:
+        from blockseg.config import ConfigError
+
+        raise ConfigError("config error: input.ground_truth: required by evaluate")
+    return _run(config, ["evaluate"], restart=False)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from blockseg.config import load_config
+    from blockseg.demo import write_demo_config, write_demo_inputs
+
+    folder = Path(args.out).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"writing a synthetic volume {tuple(args.shape)} with ground truth and affinities to {folder / 'input.zarr'}")
+    write_demo_inputs(folder, shape=args.shape, seed=args.seed)
+    path = write_demo_config(folder)
+    config = _apply_overrides(load_config(path), args)
+    code = _run(config, None, restart=args.restart)
+    print(f"config: {path}\nlook at it in napari: see README.md, 'Looking at the result'")
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="blockseg", description="Blockwise segmentation of large EM volumes on dask.")
+    parser.add_argument("--version", action="version", version=f"blockseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    run = sub.add_parser("run", help="run the pipeline of a config (resumes where it stopped)")
+    run.add_argument("config", help="pipeline YAML")
+    run.add_argument("--stages", help=f"comma-separated subset of stages to run")
+    run.add_argument("--restart", action="store_true", help="redo the chosen stages from scratch")
+    common(run)
+    run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="done/total blocks per stage")
+    status.add_argument("config")
+    status.set_defaults(func=cmd_status)
+
+    evaluate = sub.add_parser("evaluate", help="VOI and Rand scores per threshold against the ground truth")
+    evaluate.add_argument("config")
+    common(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    demo = sub.add_parser("demo", help="synthetic volume + the embedded default pipeline")
+    demo.add_argument("out", nargs="?", default="blockseg-demo", help="folder for inputs and outputs")
+    demo.add_argument("--shape", type=int, nargs=3, default=[64, 192, 192], metavar=("Z", "Y", "X"))
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--restart", action="store_true")
+    common(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from blockseg.config import ConfigError
+    from blockseg.pipeline import InputError
+    from blockseg.scheduler import StageFailed
+    from blockseg.volume import VolumeError
+
+    args = build_parser().parse_args(argv)
+    _setup_logging(None, verbose=False)
+    try:
+        return args.func(args)
+    except (ConfigError, InputError, VolumeError) as error:
+        print(f"blockseg: {error}", file=sys.stderr)
+        return 2
+    except StageFailed as error:
+        print(f"blockseg: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("blockseg: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""The pipeline YAML as typed models, validated before any work starts.
+
+Every problem becomes a :class:`ConfigError` whose message is one line naming
+the key and what was expected, e.g.::
+
+    config error: stages.fragments.min_seed_distanse: unknown key (allowed: boundary_threshold, ...)
+
+Paths in a config are taken relative to the folder of the config file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config (or an input it names) is not usable; the message is one line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _positive(values: Optional[list[int]], name: str) -> Optional[list[int]]:
+    if values is not None and any(v <= 0 for v in values):
+        raise ValueError(f"{name} must be positive, got {values}")
+    return values
+
+
+def _non_negative(values: Optional[list[int]], name: str) -> Optional[list[int]]:
+    if values is not None and any(v < 0 for v in values):
+        raise ValueError(f"{name} must not be negative, got {values}")
+    return values
+
+
+class InputConfig(_Strict):
+    """The datasets a run reads, as ``container.zarr/dataset``."""
+
+    affinities: str = Field(description="affinities (c, z, y, x), float in [0, 1] or uint8 scaled by 255")
+    ground_truth: Optional[str] = Field(None, description="instance labels for evaluation; 0 is ignored")
+
+
+class FragmentsConfig(_Strict):
+    """Seeded watershed fragments."""
+
+    context: Optional[list[int]] = Field(None, description="nm read beyond each block; default: 2 x min_seed_distance")
+    boundary_threshold: float = Field(0.5, ge=0.0, le=1.0, description="mean affinity below which a voxel is boundary")
+    min_seed_distance: float = Field(100.0, gt=0, description="nm between seeds (local maxima of the distance)")
+    fragments_in_xy: bool = Field(False, description="one watershed per z section (for anisotropic data)")
+    min_mean_affinity: Optional[float] = Field(None, ge=0.0, le=1.0, description="drop fragments whose mean affinity is below")
+    epsilon_agglomerate: float = Field(0.0, ge=0.0, description="merge fragments whose score is below this in the block")
+    ids_per_block: Optional[int] = Field(None, gt=0, description="id space of a block; default: voxels of a block")
+    chunk_shape: Optional[list[int]] = Field(None, description="chunk shape (voxels) of the fragments; default: the block")
+
+    _ctx = field_validator("context")(lambda v: _non_negative(v, "context"))
+    _chunk = field_validator("chunk_shape")(lambda v: _positive(v, "chunk_shape"))
+
+
+SCORINGS_HELP = "mean, hist_quant_N (N in 10..95 by 5), max, min"
+
+
+class AgglomerateConfig(_Strict):
+    """RAG edges and the score at which they merge."""
+
+    context: Optional[list[int]] = Field(None, description="nm read beyond each block; default: 8 voxels")
+    scoring: str = Field("hist_quant_50", description=SCORINGS_HELP)
+    discretize_queue: int = Field(256, ge=0, le=65536)
+
+    _ctx = field_validator("context")(lambda v: _non_negative(v, "context"))
+
+    @field_validator("scoring")
+    @classmethod
+    def _known_scoring(cls, value: str) -> str:
+        if value in ("mean", "max", "min"):
+            return value
+        if value.startswith("hist_quant_") and value[len("hist_quant_") :].isdigit():
+            return value
+        raise ValueError(f"unknown scoring {value!r}, expected one of: {SCORINGS_HELP}")
+
+
+class SegmentsConfig(_Strict):
+    """Global connected components of the edges below each threshold."""
+
+    thresholds: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+
+    @field_validator("thresholds")
+    @classmethod
+    def _sorted_unique(cls, values: list[float]) -> list[float]:
+        if not values:
+            raise ValueError("give at least one threshold")
+        return sorted(set(float(v) for v in values))
+
+
+class RelabelConfig(_Strict):
+    """Which thresholds get a segmentation volume."""
+
+    thresholds: Optional[list[float]] = Field(None, description="subset of the segments thresholds; default: all")
+    chunk_shape: Optional[list[int]] = None
+
+    _chunk = field_validator("chunk_shape")(lambda v: _positive(v, "chunk_shape"))
+
+
+class EvaluateConfig(_Strict):
+    """Scores against input.ground_truth (runs only when it is given)."""
+
+    enabled: bool = True
+
+
+class StagesConfig(_Strict):
+    fragments: FragmentsConfig = Field(default_factory=FragmentsConfig)
+    agglomerate: AgglomerateConfig = Field(default_factory=AgglomerateConfig)
+    segments: SegmentsConfig = Field(default_factory=SegmentsConfig)
+    relabel: RelabelConfig = Field(default_factory=RelabelConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+
+class LocalClusterConfig(_Strict):
+    workers: Optional[int] = Field(None, gt=0, description="worker processes; default: one per core")
+    threads_per_worker: int = Field(1, gt=0)
+    processes: bool = True
+    memory_limit: str = "auto"
+    dashboard: bool = True
+
+
+class ClusterConfig(_Strict):
+    """Where blocks run: a local cluster (default) or a running scheduler."""
+
+    local: LocalClusterConfig = Field(default_factory=LocalClusterConfig)
+    address: Optional[str] = Field(None, description="tcp://host:port of a running dask scheduler")
+
+
+class SchedulerConfig(_Strict):
+    retries: int = Field(2, ge=0, description="extra attempts for a failing block")
+    window_per_thread: int = Field(2, gt=0, description="blocks in flight per worker thread")
+    progress: bool = True
+    check_inputs: bool = Field(True, description="scan inputs for NaN / out-of-range values before the run")
+
+
+class RoiConfig(_Strict):
+    offset: list[int]
+    shape: list[int]
+
+
+class PipelineConfig(_Strict):
+    """A whole pipeline run."""
+
+    input: InputConfig
+    output: str = Field(description="folder for volumes.zarr, the graph, LUTs, scores and logs")
+    graph: Optional[str] = Field(None, description="graph store URL; default sqlite:///<output>/graph.db")
+    block_shape: list[int] = Field(description="write block shape in nm (z, y, x)")
+    roi: Optional[RoiConfig] = Field(None, description="part of the input to process, in nm; default: all")
+    stages: StagesConfig = Field(default_factory=StagesConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+
+    base_dir: Path = Field(default=Path("."), exclude=True, description="set by load_config")
+
+    _block = field_validator("block_shape")(lambda v: _positive(v, "block_shape"))
+
+    @model_validator(mode="after")
+    def _relabel_subset(self) -> "PipelineConfig":
+        chosen = self.stages.relabel.thresholds
+        if chosen is not None:
+            missing = [t for t in chosen if float(t) not in self.stages.segments.thresholds]
+            if missing:
+                raise ValueError(
+                    f"stages.relabel.thresholds {missing} are not among stages.segments.thresholds "
+                    f"{self.stages.segments.thresholds}"
+                )
+        return self
+
+    # -- resolved paths ------------------------------------------------------
+    def resolve(self, path: str) -> str:
+        """A path from the config, taken relative to the config's folder."""
+        p = Path(path).expanduser()
+        return str(p if p.is_absolute() else (self.base_dir / p))
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.resolve(self.output))
+
+    @property
+    def graph_url(self) -> str:
+        if self.graph:
+            scheme, sep, rest = self.graph.partition(":///")
+            if sep and not rest.startswith("/"):
+                # relative to the config's folder, like every other path in it
+                return f"{scheme}:///{self.resolve(rest)}"
+            return self.graph
+        return f"sqlite:///{self.output_dir / 'graph.db'}"
+
+    @property
+    def relabel_thresholds(self) -> list[float]:
+        chosen = self.stages.relabel.thresholds
+        return sorted(set(chosen)) if chosen is not None else list(self.stages.segments.thresholds)
+
+
+def _location(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _format_error(error: dict[str, Any], model: type[BaseModel]) -> str:
+    loc = _location(error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, error["loc"][:-1])
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return f"{loc}: unknown key{hint}"
+    if kind == "missing":
+        return f"{loc}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    got = error.get("input")
+    if kind not in ("value_error",) and not isinstance(got, (dict, list)) and got is not None:
+        return f"{loc}: {message}, got {got!r}"
+    return f"{loc}: {message}"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        current = next(
+            (a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)),
+            annotation,
+        )
+    return [name for name in getattr(current, "model_fields", {}) if name != "base_dir"]
+
+
+def parse_config(data: Any, base_dir: Path | str = ".") -> PipelineConfig:
+    """Validate a mapping (as read from YAML) into a :class:`PipelineConfig`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config error: expected a mapping at the top level, got {type(data).__name__}")
+    if "base_dir" in data:
+        raise ConfigError("config error: base_dir: unknown key")
+    try:
+        config = PipelineConfig.model_validate(data)
+    except ValidationError as error:
+        lines = [_format_error(e, PipelineConfig) for e in error.errors()]
+        raise ConfigError("config error: " + "; ".join(lines)) from None
+    config.base_dir = Path(base_dir).resolve()
+    return config
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read and validate a pipeline YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config error: {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config error: {path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    return parse_config(data, path.parent)

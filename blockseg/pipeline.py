@@ -1,0 +1,572 @@
+"""The stage registry, the order stages run in, and the run's ledger.
+
+Each stage's results carry a *token*: a fresh id written into its output
+datasets (or kept in the store for graph-only stages) whenever the stage is
+reset, together with a *fingerprint* of what the results were computed from
+(the stage's parameters, the identity of its inputs and the tokens of the
+stages it reads). At the start of a stage the ledger is trusted only if the
+fingerprint still matches and every output still carries the token; otherwise
+(an output deleted, a parameter changed, an upstream stage recomputed, or
+``--restart``) the stage's rows, done marks and outputs are dropped and it runs
+from scratch. That is how a rerun never trusts stale done marks.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from distributed import Client
+
+from blockseg import stages as block_functions
+from blockseg.blocks import AlignmentError, BlockGrid
+from blockseg.config import ConfigError, PipelineConfig
+from blockseg.geometry import Roi
+from blockseg.graph import GraphStore, open_store
+from blockseg.graph.base import BlockOutput, StageState
+from blockseg.scheduler import StageReport, run_stage
+from blockseg.segments import connected_component_luts, lut_name, read_lut, write_lut
+from blockseg.volume import TOKEN_ATTR, Volume, VolumeError, create_volume, open_volume
+from workers import evaluate as evaluate_worker
+
+log = logging.getLogger("blockseg")
+
+STAGE_ORDER = ("check", "fragments", "agglomerate", "segments", "relabel", "evaluate")
+
+
+class InputError(ValueError):
+    """An input cannot be used; the message is one line."""
+
+
+@dataclass
+class OutputSpec:
+    """A dataset a stage creates when it is reset."""
+
+    url: str
+    dtype: str
+    chunk_shape: tuple[int, ...]
+    channels: tuple[int, ...] = ()
+
+
+@dataclass
+class Run:
+    """Everything the stages of one run share, validated before any work."""
+
+    config: PipelineConfig
+    store: GraphStore
+    affinities: Volume
+    ground_truth: Volume | None
+    total_roi: Roi
+    reports: dict[str, StageReport] = field(default_factory=dict)
+    scores: dict | None = None
+
+    @property
+    def voxel_size(self) -> tuple[int, ...]:
+        return self.affinities.voxel_size
+
+    @property
+    def output_dir(self) -> Path:
+        return self.config.output_dir
+
+    def dataset_url(self, name: str) -> str:
+        return str(self.output_dir / "volumes.zarr" / name)
+
+    @property
+    def fragments_url(self) -> str:
+        return self.dataset_url("fragments")
+
+    def segmentation_url(self, threshold: float) -> str:
+        return self.dataset_url(f"segmentation/threshold_{float(threshold)!r}")
+
+    @property
+    def lut_dir(self) -> Path:
+        return self.output_dir / "luts"
+
+    @property
+    def block_shape(self) -> tuple[int, ...]:
+        return tuple(self.config.block_shape)
+
+    @property
+    def block_voxels(self) -> tuple[int, ...]:
+        return tuple(b // v for b, v in zip(self.block_shape, self.voxel_size))
+
+    @property
+    def ids_per_block(self) -> int:
+        return self.config.stages.fragments.ids_per_block or int(np.prod(self.block_voxels)) + 1
+
+    def grid(self, context_nm: Sequence[int] | None = None) -> BlockGrid:
+        return BlockGrid(self.total_roi, self.block_shape, context_nm)
+
+
+# -- validation --------------------------------------------------------------
+
+
+def _open_input(url: str, key: str) -> Volume:
+    try:
+        return open_volume(url)
+    except VolumeError as error:
+        raise InputError(f"{key}: {error}") from None
+
+
+def open_run(config: PipelineConfig) -> Run:
+    """Check the config against its inputs and open the graph store.
+
+    Raises
+    ------
+    InputError, ConfigError
+        With a one-line message, before anything is written.
+    """
+    affinities = _open_input(config.resolve(config.input.affinities), "input.affinities")
+    _check_affinities(affinities)
+    truth = None
+    if config.input.ground_truth:
+        truth = _open_input(config.resolve(config.input.ground_truth), "input.ground_truth")
+        _check_ground_truth(truth, affinities)
+    total_roi = _total_roi(config, affinities)
+    _check_blocks(config, affinities, total_roi)
+    output_dir = config.output_dir
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"config error: output: {output_dir} exists and is not a folder")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(config.graph_url)
+    return Run(config, store, affinities, truth, total_roi)
+
+
+def _check_affinities(affinities: Volume) -> None:
+    dtype = affinities.dtype
+    shape = affinities.array.shape
+    if len(affinities.voxel_size) != 3 or len(affinities.channel_shape) != 1:
+        raise InputError(
+            f"input.affinities: {affinities.url} must have axes (c, z, y, x) with a 3D voxel_size, "
+            f"got shape {shape} and voxel_size {list(affinities.voxel_size)}"
+        )
+    channels = affinities.channel_shape[0]
+    if not (np.issubdtype(dtype, np.floating) or dtype == np.uint8):
+        raise InputError(
+            f"input.affinities: {affinities.url} has dtype {dtype}; expected float32/float64 in [0, 1] "
+            f"or uint8 (affinity x 255)"
+        )
+    if channels < 3:
+        raise InputError(
+            f"input.affinities: {affinities.url} has {channels} channel(s); expected at least 3 "
+            f"(the z, y, x nearest-neighbour affinities first)"
+        )
+
+
+def _check_ground_truth(truth: Volume, affinities: Volume) -> None:
+    if not np.issubdtype(truth.dtype, np.integer):
+        raise InputError(f"input.ground_truth: {truth.url} has dtype {truth.dtype}; expected integer labels")
+    if truth.channel_shape:
+        raise InputError(f"input.ground_truth: {truth.url} must have axes (z, y, x), got shape {truth.array.shape}")
+    if truth.voxel_size != affinities.voxel_size:
+        raise InputError(
+            f"input.ground_truth: voxel_size {list(truth.voxel_size)} nm does not match "
+            f"input.affinities voxel_size {list(affinities.voxel_size)} nm"
+        )
+
+
+def _total_roi(config: PipelineConfig, affinities: Volume) -> Roi:
+    if config.roi is None:
+        return affinities.roi
+    try:
+        roi = Roi(config.roi.offset, config.roi.shape)
+    except ValueError as error:
+        raise ConfigError(f"config error: roi: {error}") from None
+    if roi.dims != 3 or not roi.is_aligned(affinities.voxel_size):
+        raise ConfigError(f"config error: roi: {roi} must be 3D and aligned to the voxel size {list(affinities.voxel_size)}")
+    if not affinities.roi.contains(roi):
+        raise ConfigError(f"config error: roi: {roi} is not inside input.affinities {affinities.roi}")
+    return roi
+
+
+def _check_blocks(config: PipelineConfig, affinities: Volume, total_roi: Roi) -> None:
+    voxel_size = affinities.voxel_size
+    block = config.block_shape
+    if len(block) != 3:
+        raise ConfigError(f"config error: block_shape: expected 3 values (z, y, x) in nm, got {block}")
+    if any(b % v for b, v in zip(block, voxel_size)):
+        raise ConfigError(f"config error: block_shape: {block} nm is not a multiple of the voxel size {list(voxel_size)} nm")
+    if total_roi.offset != affinities.roi.offset and any(
+        (o - d) % b for o, d, b in zip(total_roi.offset, affinities.roi.offset, block)
+    ):
+        pass  # blocks tile from the ROI's own offset; outputs start there too
+    for key, chunk in (
+        ("stages.fragments.chunk_shape", config.stages.fragments.chunk_shape),
+        ("stages.relabel.chunk_shape", config.stages.relabel.chunk_shape),
+    ):
+        if chunk is None:
+            continue
+        if len(chunk) != 3:
+            raise ConfigError(f"config error: {key}: expected 3 values (z, y, x) in voxels, got {chunk}")
+        chunk_nm = [c * v for c, v in zip(chunk, voxel_size)]
+        if any(b % c for b, c in zip(block, chunk_nm)):
+            raise ConfigError(
+                f"config error: block_shape: {block} nm is not a multiple of {key} {chunk} voxels "
+                f"(= {chunk_nm} nm); blocks must be whole chunks so concurrent writes are safe"
+            )
+    ids_per_block = config.stages.fragments.ids_per_block
+    if ids_per_block is not None:
+        num_blocks = BlockGrid(total_roi, block).num_blocks
+        if ids_per_block * num_blocks >= 2**63:
+            raise ConfigError(
+                f"config error: stages.fragments.ids_per_block: {ids_per_block} x {num_blocks} blocks "
+                f"overflows the 63-bit id space"
+            )
+
+
+# -- stages ------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    """One entry of the registry."""
+
+    name: str
+    needs: tuple[str, ...]
+    enabled: Callable[[Run], bool]
+    params: Callable[[Run], dict]
+    outputs: Callable[[Run], list[OutputSpec]]
+    context: Callable[[Run], tuple[int, ...] | None]
+    block_function: Callable[[Run], Callable] | None
+    finish: Callable[[Run], None] | None = None
+    global_step: Callable[[Run], None] | None = None
+
+
+def _fragments_context(run: Run) -> tuple[int, ...]:
+    cfg = run.config.stages.fragments
+    if cfg.context is not None:
+        return tuple(cfg.context)
+    # Twice the seed distance lets the distance transform and the seeds near
+    # the block faces see what lies beyond them.
+    return tuple(int(np.ceil(2 * cfg.min_seed_distance / v)) * v for v in run.voxel_size)
+
+
+def _agglomerate_context(run: Run) -> tuple[int, ...]:
+    cfg = run.config.stages.agglomerate
+    if cfg.context is not None:
+        return tuple(cfg.context)
+    return tuple(8 * v for v in run.voxel_size)
+
+
+def _input_identity(volume: Volume | None) -> dict | None:
+    if volume is None:
+        return None
+    return {
+        "url": volume.url,
+        "shape": list(volume.array.shape),
+        "dtype": str(volume.dtype),
+        "voxel_size": list(volume.voxel_size),
+        "offset": list(volume.offset),
+        "token": volume.token,
+    }
+
+
+def _chunk_shape(run: Run, configured: list[int] | None) -> tuple[int, ...]:
+    return tuple(configured) if configured else run.block_voxels
+
+
+def _check_finish(run: Run) -> None:
+    summaries = [json.loads(data) for data in run.store.block_results("check").values()]
+    nan_blocks = [s for s in summaries if s["nan"]]
+    if nan_blocks:
+        count = sum(s["nan"] for s in nan_blocks)
+        raise InputError(
+            f"input.affinities: {run.affinities.url} contains {count} NaN/inf value(s) in "
+            f"{len(nan_blocks)} block(s); fix the prediction or mask it before segmenting"
+        )
+    low = min((s["min"] for s in summaries), default=0.0)
+    high = max((s["max"] for s in summaries), default=0.0)
+    if low < -1e-6 or high > 1 + 1e-6:
+        raise InputError(
+            f"input.affinities: {run.affinities.url} has values in [{low:g}, {high:g}]; expected [0, 1]"
+        )
+
+
+def _segments_step(run: Run) -> None:
+    nodes = run.store.read_nodes()
+    edges = run.store.read_edges()
+    thresholds = run.config.stages.segments.thresholds
+    for threshold, fragment_ids, segment_ids in connected_component_luts(
+        nodes.ids, edges.u, edges.v, edges.scores, thresholds
+    ):
+        write_lut(run.lut_dir, threshold, fragment_ids, segment_ids)
+        log.info("segments: threshold %r: %d fragments -> %d segments", threshold, len(fragment_ids), len(np.unique(segment_ids)))
+
+
+def _evaluate_finish(run: Run) -> None:
+    tables = [block_functions.unpack_arrays(data) for data in run.store.block_results("evaluate").values()]
+    table = evaluate_worker.merge_contingency(tuple(t) for t in tables)
+    scores = {"fragments": evaluate_worker.scores_from_contingency(table)}
+    per_threshold = {}
+    for threshold in run.config.stages.segments.thresholds:
+        lut_ids, lut_segments = read_lut(run.lut_dir / lut_name(threshold))
+        relabelled = evaluate_worker.relabel_contingency(table, lut_ids, lut_segments)
+        per_threshold[repr(float(threshold))] = evaluate_worker.scores_from_contingency(relabelled)
+    best = min(per_threshold, key=lambda t: per_threshold[t]["voi_sum"])
+    scores["thresholds"] = per_threshold
+    scores["best"] = {"threshold": float(best), **per_threshold[best]}
+    path = run.output_dir / "scores.json"
+    path.write_text(json.dumps(scores, indent=2))
+    run.scores = scores
+
+
+def _registry() -> dict[str, Stage]:
+    always = lambda run: True  # noqa: E731
+    none: Callable[[Run], list[OutputSpec]] = lambda run: []  # noqa: E731
+    stages = [
+        Stage(
+            "check",
+            needs=(),
+            enabled=lambda run: run.config.scheduler.check_inputs,
+            params=lambda run: {},
+            outputs=none,
+            context=lambda run: None,
+            block_function=lambda run: functools.partial(
+                block_functions.check_affinities_block, affinities_url=run.affinities.url
+            ),
+            finish=_check_finish,
+        ),
+        Stage(
+            "fragments",
+            needs=(),
+            enabled=always,
+            params=lambda run: {
+                **run.config.stages.fragments.model_dump(),
+                "ids_per_block": run.ids_per_block,
+                "context": _fragments_context(run),
+            },
+            outputs=lambda run: [
+                OutputSpec(run.fragments_url, "uint64", _chunk_shape(run, run.config.stages.fragments.chunk_shape))
+            ],
+            context=_fragments_context,
+            block_function=lambda run: functools.partial(
+                block_functions.fragments_block,
+                affinities_url=run.affinities.url,
+                fragments_url=run.fragments_url,
+                ids_per_block=run.ids_per_block,
+                boundary_threshold=run.config.stages.fragments.boundary_threshold,
+                min_seed_distance=run.config.stages.fragments.min_seed_distance,
+                fragments_in_xy=run.config.stages.fragments.fragments_in_xy,
+                min_mean_affinity=run.config.stages.fragments.min_mean_affinity,
+                epsilon_agglomerate=run.config.stages.fragments.epsilon_agglomerate,
+            ),
+        ),
+        Stage(
+            "agglomerate",
+            needs=("fragments",),
+            enabled=always,
+            params=lambda run: {**run.config.stages.agglomerate.model_dump(), "context": _agglomerate_context(run)},
+            outputs=none,
+            context=_agglomerate_context,
+            block_function=lambda run: functools.partial(
+                block_functions.agglomerate_block,
+                affinities_url=run.affinities.url,
+                fragments_url=run.fragments_url,
+                ids_per_block=run.ids_per_block,
+                scoring=run.config.stages.agglomerate.scoring,
+                discretize_queue=run.config.stages.agglomerate.discretize_queue,
+            ),
+        ),
+        Stage(
+            "segments",
+            needs=("fragments", "agglomerate"),
+            enabled=always,
+            params=lambda run: run.config.stages.segments.model_dump(),
+            outputs=none,
+            context=lambda run: None,
+            block_function=None,
+            global_step=_segments_step,
+        ),
+        Stage(
+            "relabel",
+            needs=("fragments", "segments"),
+            enabled=always,
+            params=lambda run: {**run.config.stages.relabel.model_dump(), "thresholds": run.config.relabel_thresholds},
+            outputs=lambda run: [
+                OutputSpec(run.segmentation_url(t), "uint64", _chunk_shape(run, run.config.stages.relabel.chunk_shape))
+                for t in run.config.relabel_thresholds
+            ],
+            context=lambda run: None,
+            block_function=lambda run: functools.partial(
+                block_functions.relabel_block,
+                fragments_url=run.fragments_url,
+                segmentation_urls=[run.segmentation_url(t) for t in run.config.relabel_thresholds],
+                lut_paths=block_functions.lut_paths(run.lut_dir, run.config.relabel_thresholds),
+                ids_per_block=run.ids_per_block,
+            ),
+        ),
+        Stage(
+            "evaluate",
+            needs=("fragments", "segments"),
+            enabled=lambda run: run.ground_truth is not None and run.config.stages.evaluate.enabled,
+            params=lambda run: {},
+            outputs=none,
+            context=lambda run: None,
+            block_function=lambda run: functools.partial(
+                block_functions.contingency_block,
+                labels_url=run.fragments_url,
+                ground_truth_url=run.ground_truth.url,
+            ),
+            finish=_evaluate_finish,
+        ),
+    ]
+    return {stage.name: stage for stage in stages}
+
+
+STAGES = _registry()
+
+
+# -- the ledger ----------------------------------------------------------------
+
+
+def fingerprint(run: Run, stage: Stage) -> str:
+    """What a stage's results depend on, hashed."""
+    upstream = {}
+    for name in stage.needs:
+        state = run.store.stage_state(name)
+        upstream[name] = state.token if state else None
+    description = {
+        "stage": stage.name,
+        "params": stage.params(run),
+        "affinities": _input_identity(run.affinities),
+        "ground_truth": _input_identity(run.ground_truth) if stage.name == "evaluate" else None,
+        "roi": [list(run.total_roi.offset), list(run.total_roi.shape)],
+        "block_shape": list(run.block_shape),
+        "upstream": upstream,
+    }
+    text = json.dumps(description, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _outputs_intact(run: Run, stage: Stage, token: str) -> bool:
+    for spec in stage.outputs(run):
+        try:
+            volume = open_volume(spec.url)
+        except VolumeError:
+            return False
+        if volume.token != token:
+            return False
+    if stage.name == "segments":
+        return all((run.lut_dir / lut_name(t)).exists() for t in run.config.stages.segments.thresholds)
+    return True
+
+
+def is_current(run: Run, stage: Stage) -> bool:
+    """Whether the ledger of ``stage`` can be trusted (else it is reset before running)."""
+    state = run.store.stage_state(stage.name)
+    if state is None or state.fingerprint != fingerprint(run, stage):
+        return False
+    return _outputs_intact(run, stage, state.token)
+
+
+def reset_stage(run: Run, stage: Stage) -> StageState:
+    """Drop a stage's results and create its outputs afresh under a new token."""
+    run.store.drop_stage(stage.name)
+    token = uuid.uuid4().hex
+    for spec in stage.outputs(run):
+        create_volume(
+            spec.url, run.total_roi, run.voxel_size, spec.dtype, spec.chunk_shape, spec.channels,
+            attrs={TOKEN_ATTR: token},
+        )
+    if stage.name == "segments" and run.lut_dir.exists():
+        shutil.rmtree(run.lut_dir)
+    state = StageState(fingerprint(run, stage), token)
+    run.store.set_stage_state(stage.name, state)
+    return state
+
+
+def stage_progress(run: Run, stage: Stage) -> tuple[int, int, bool]:
+    """``(done, total, current)`` for ``blockseg status``."""
+    total = 1 if stage.global_step else run.grid().num_blocks
+    current = is_current(run, stage)
+    done = len(run.store.done_blocks(stage.name)) if current else 0
+    return done, total, current
+
+
+def _check_needs(run: Run, stage: Stage) -> None:
+    for name in stage.needs:
+        need = STAGES[name]
+        done, total, current = stage_progress(run, need)
+        if not current or done < total:
+            raise InputError(f"stage {stage.name} needs stage {name} to finish first ({done}/{total} blocks done)")
+
+
+# -- running -------------------------------------------------------------------
+
+
+def run_one_stage(run: Run, stage: Stage, client: Client, restart: bool = False) -> StageReport:
+    """Run a stage, resuming from the ledger unless it is stale or ``restart``."""
+    _check_needs(run, stage)
+    if restart or not is_current(run, stage):
+        state = reset_stage(run, stage)
+        log.info("%s: starting afresh", stage.name)
+    else:
+        state = run.store.stage_state(stage.name)
+        assert state is not None
+    scheduler = run.config.scheduler
+    if stage.global_step is not None:
+        report = StageReport(stage.name, total=1)
+        if run.store.done_blocks(stage.name):
+            report.skipped = 1
+        else:
+            import time
+
+            start = time.perf_counter()
+            stage.global_step(run)
+            run.store.commit_block(stage.name, 0, BlockOutput())
+            report.succeeded = 1
+            report.seconds = time.perf_counter() - start
+        log.info(report.summary())
+    else:
+        assert stage.block_function is not None
+        grid = run.grid(stage.context(run))
+        if stage.outputs(run):
+            try:
+                grid.check_alignment([open_volume(spec.url) for spec in stage.outputs(run)])
+            except AlignmentError as error:
+                raise ConfigError(f"config error: {error}") from None
+        report = run_stage(
+            client,
+            stage.name,
+            grid,
+            stage.block_function(run),
+            run.store,
+            retries=scheduler.retries,
+            window_per_thread=scheduler.window_per_thread,
+            progress=scheduler.progress,
+            token=state.token,
+        )
+    if stage.finish is not None:
+        stage.finish(run)
+    run.reports[stage.name] = report
+    return report
+
+
+def select_stages(run: Run, names: Sequence[str] | None) -> list[Stage]:
+    """The stages to run, in pipeline order."""
+    if names:
+        unknown = [n for n in names if n not in STAGES]
+        if unknown:
+            raise ConfigError(f"--stages: unknown stage(s) {unknown}; expected some of {list(STAGE_ORDER)}")
+    chosen = [STAGES[n] for n in STAGE_ORDER if (not names or n in names)]
+    return [stage for stage in chosen if stage.enabled(run)]
+
+
+def run_pipeline(
+    run: Run, client: Client, stages: Sequence[str] | None = None, restart: bool = False
+) -> dict[str, StageReport]:
+    """Run the chosen stages (default: all enabled ones) in order."""
+    chosen = select_stages(run, stages)
+    if restart and STAGES["check"] not in chosen and run.config.scheduler.check_inputs:
+        pass
+    for stage in chosen:
+        run_one_stage(run, stage, client, restart=restart and stage.name != "check")
+    return run.reports

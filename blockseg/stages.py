@@ -1,0 +1,140 @@
+"""What each stage does to one block: read zarr, call a worker function, write.
+
+These functions run on dask workers. They get a :class:`~blockseg.blocks.Block`
+and plain parameters (bound with ``functools.partial`` by the pipeline), open
+the volumes themselves (data never passes through the scheduler) and return a
+small :class:`~blockseg.graph.base.BlockOutput` for the driver to commit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from blockseg.blocks import Block
+from blockseg.graph.base import BlockOutput, Edges, Nodes
+from blockseg.segments import lut_name, read_lut_range
+from blockseg.volume import open_volume
+from workers import agglomerate as agglomerate_worker
+from workers import evaluate as evaluate_worker
+from workers import fragments as fragments_worker
+from workers.relabel import relabel
+
+
+def _as_float_affinities(affs: np.ndarray) -> np.ndarray:
+    if affs.dtype == np.uint8:
+        return affs.astype(np.float32) / np.float32(255)
+    return affs.astype(np.float32, copy=False)
+
+
+def check_affinities_block(block: Block, affinities_url: str) -> BlockOutput:
+    """Look for NaN/inf and values outside [0, 1] in the block's affinities."""
+    affs = open_volume(affinities_url).read(block.write_roi)
+    summary = {"nan": 0, "min": 0.0, "max": 0.0}
+    if np.issubdtype(affs.dtype, np.floating):
+        finite = np.isfinite(affs)
+        summary["nan"] = int(affs.size - np.count_nonzero(finite))
+        values = affs[finite]
+        if values.size:
+            summary["min"], summary["max"] = float(values.min()), float(values.max())
+    elif affs.size:
+        summary["min"], summary["max"] = float(affs.min()) / 255, float(affs.max()) / 255
+    return BlockOutput(result=json.dumps(summary).encode())
+
+
+def fragments_block(
+    block: Block,
+    affinities_url: str,
+    fragments_url: str,
+    ids_per_block: int,
+    boundary_threshold: float,
+    min_seed_distance: float,
+    fragments_in_xy: bool,
+    min_mean_affinity: float | None,
+    epsilon_agglomerate: float,
+) -> BlockOutput:
+    """Watershed the read ROI, crop to the write ROI, make ids global, write."""
+    affinities = open_volume(affinities_url)
+    voxel_size = affinities.voxel_size
+    affs = _as_float_affinities(affinities.read(block.read_roi))
+    fragments = fragments_worker.watershed_from_affinities(
+        affs,
+        voxel_size,
+        boundary_threshold=boundary_threshold,
+        min_seed_distance=min_seed_distance,
+        fragments_in_xy=fragments_in_xy,
+        min_mean_affinity=min_mean_affinity,
+    )
+    if epsilon_agglomerate > 0:
+        fragments = agglomerate_worker.epsilon_agglomerate(affs[:3], fragments, epsilon_agglomerate)
+    crop = block.write_roi.slices(voxel_size, block.read_roi.offset)
+    fragments = fragments_worker.make_ids_global(fragments[crop], block.block_id, ids_per_block)
+    output = open_volume(fragments_url, mode="r+")
+    output.write(block.write_roi, fragments)
+    ids, centers, sizes = fragments_worker.fragment_nodes(fragments, voxel_size, block.write_roi.offset)
+    stats = {"voxels": int(fragments.size), "fragments": int(len(ids))}
+    return BlockOutput(nodes=Nodes(ids, centers, sizes), stats=stats)
+
+
+def agglomerate_block(
+    block: Block,
+    affinities_url: str,
+    fragments_url: str,
+    ids_per_block: int,
+    scoring: str,
+    discretize_queue: int,
+) -> BlockOutput:
+    """Merge scores of the RAG edges this block owns (``u`` is one of its fragments)."""
+    affinities = open_volume(affinities_url)
+    affs = _as_float_affinities(affinities.read(block.read_roi)[:3])
+    fragments = open_volume(fragments_url).read(block.read_roi)
+    u, v, scores = agglomerate_worker.agglomerate_block(affs, fragments, scoring=scoring, discretize_queue=discretize_queue)
+    # Each edge is written once: by the home block of its smaller endpoint.
+    own = (u // np.uint64(ids_per_block)) == np.uint64(block.block_id)
+    stats = {"voxels": int(np.prod(block.write_roi.shape) // int(np.prod(affinities.voxel_size))), "edges": int(own.sum())}
+    return BlockOutput(edges=Edges(u[own], v[own], scores[own].astype(np.float32)), stats=stats)
+
+
+def relabel_block(
+    block: Block,
+    fragments_url: str,
+    segmentation_urls: Sequence[str],
+    lut_paths: Sequence[str],
+    ids_per_block: int,
+) -> BlockOutput:
+    """Write each threshold's segmentation of the block, reading only its LUT rows."""
+    fragments = open_volume(fragments_url).read(block.write_roi)
+    low = block.block_id * ids_per_block
+    for url, lut_path in zip(segmentation_urls, lut_paths):
+        lut_ids, lut_segments = read_lut_range(Path(lut_path), low, low + ids_per_block)
+        segmentation = relabel(fragments, lut_ids, lut_segments)
+        open_volume(url, mode="r+").write(block.write_roi, segmentation)
+    return BlockOutput(stats={"voxels": int(fragments.size) * len(segmentation_urls)})
+
+
+def contingency_block(block: Block, labels_url: str, ground_truth_url: str) -> BlockOutput:
+    """Contingency counts of (labels, ground truth) in the block's write ROI."""
+    labels = open_volume(labels_url).read(block.write_roi)
+    truth = open_volume(ground_truth_url).read(block.write_roi)
+    table = evaluate_worker.contingency_table(labels, truth)
+    return BlockOutput(result=pack_arrays(*table), stats={"voxels": int(labels.size)})
+
+
+def pack_arrays(*arrays: np.ndarray) -> bytes:
+    """Arrays as ``.npz`` bytes (no pickling) for the store's result column."""
+    buffer = io.BytesIO()
+    np.savez(buffer, *arrays)
+    return buffer.getvalue()
+
+
+def unpack_arrays(data: bytes) -> list[np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        return [archive[f"arr_{i}"] for i in range(len(archive.files))]
+
+
+def lut_paths(folder: Path, thresholds: Sequence[float]) -> list[str]:
+    return [str(folder / lut_name(t)) for t in thresholds]

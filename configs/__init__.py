@@ -1,0 +1,1 @@
+"""Ready pipeline configs, shipped inside the package as ``blockseg.configs``."""
