@@ -24,10 +24,17 @@ def _setup_logging(log_dir: Path | None, verbose: bool) -> None:
     for handler in list(log.handlers):
         log.removeHandler(handler)
         handler.close()
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.DEBUG if verbose else logging.INFO)
-    console.setFormatter(logging.Formatter("blockseg: %(message)s"))
-    log.addHandler(console)
+    # The run's narrative goes to stdout; stderr carries only warnings and
+    # errors (and progress bars), so a failure reads as the one line it is.
+    narrative = logging.StreamHandler(sys.stdout)
+    narrative.setLevel(logging.DEBUG if verbose else logging.INFO)
+    narrative.addFilter(lambda record: record.levelno < logging.WARNING)
+    narrative.setFormatter(logging.Formatter("blockseg: %(message)s"))
+    log.addHandler(narrative)
+    problems = logging.StreamHandler(sys.stderr)
+    problems.setLevel(logging.WARNING)
+    problems.setFormatter(logging.Formatter("blockseg: %(levelname)s: %(message)s"))
+    log.addHandler(problems)
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(log_dir / "blockseg.log")
@@ -71,8 +78,11 @@ def _run(config, stages: Sequence[str] | None, restart: bool) -> int:
     run = open_run(config)
     _setup_logging(config.output_dir / "logs", verbose=False)
     start = time.perf_counter()
-    with open_client(config.cluster) as client:
-        reports = run_pipeline(run, client, stages=stages, restart=restart)
+    try:
+        with open_client(config.cluster) as client:
+            reports = run_pipeline(run, client, stages=stages, restart=restart)
+    finally:
+        run.store.close()
     for report in reports.values():
         print(report.summary())
     if run.scores is not None:

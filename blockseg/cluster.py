@@ -51,7 +51,8 @@ def open_client(config: ClusterConfig, quiet: bool = False) -> Iterator[Client]:
         processes=local.processes,
         memory_limit=local.memory_limit,
         host="127.0.0.1",
-        dashboard_address="127.0.0.1:0" if local.dashboard else None,
+        # the dashboard always binds to loopback; "dashboard: false" only hides the link
+        dashboard_address="127.0.0.1:0",
         silence_logs=logging.ERROR,
     )
     client = Client(cluster)

@@ -33,7 +33,7 @@ def small_inputs(tmp_path_factory) -> Path:
 
 def _cluster(workers: int) -> LocalCluster:
     return LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
         memory_limit="4GiB",
     )
 

@@ -51,8 +51,9 @@ class SqliteGraphStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=120, isolation_level=None)
+        if str(path) != ":memory:":  # an in-memory store holds throwaway ledgers
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), timeout=120, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL keeps WAL commits atomic across a crash of the process.
         self._db.execute("PRAGMA synchronous=NORMAL")
