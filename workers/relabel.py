@@ -48,8 +48,10 @@ def _relabel_dense(fragments: np.ndarray, lut_ids: np.ndarray, lut_segments: np.
     # A block's fragments share one home block, so their ids fill a narrow
     # range: a dense table over that range turns the lookup into one gather.
     table = np.arange(low, high + 1, dtype=np.uint64)
-    start = int(np.searchsorted(lut_ids, low, side="left"))
-    stop = int(np.searchsorted(lut_ids, high, side="right"))
+    # np.uint64 bounds: a Python int would be compared as float64 and lose
+    # precision for ids above 2**53.
+    start = int(np.searchsorted(lut_ids, np.uint64(low), side="left"))
+    stop = int(np.searchsorted(lut_ids, np.uint64(high), side="right"))
     ids = lut_ids[start:stop]
     table[(ids - np.uint64(low)).astype(np.int64)] = lut_segments[start:stop]
     # 0 maps to 0 without a branch: clip it to the first slot, then mask.

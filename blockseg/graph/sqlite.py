@@ -69,6 +69,8 @@ class SqliteGraphStore:
         try:
             db.execute("DELETE FROM nodes WHERE stage = ? AND block = ?", (stage, block_id))
             db.execute("DELETE FROM edges WHERE stage = ? AND block = ?", (stage, block_id))
+            # a rerun replaces the block's result too, even when it produces none
+            db.execute("DELETE FROM results WHERE stage = ? AND block = ?", (stage, block_id))
             if output.nodes is not None and len(output.nodes):
                 n = output.nodes
                 rows = zip(

@@ -1,0 +1,64 @@
+"""The command line: demo (check 1), status, evaluate, help."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "blockseg.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_demo_status_and_evaluate(tmp_path):
+    demo = _cli("demo", str(tmp_path / "demo"), "--no-progress", cwd=tmp_path)
+    assert demo.returncode == 0, demo.stderr
+    best = re.search(r"best threshold ([0-9.]+): VOI sum ([0-9.]+)", demo.stdout)
+    assert best, demo.stdout
+    assert float(best.group(2)) < 0.5
+    # one row per threshold of the embedded config, plus the fragments row
+    rows = [line for line in demo.stdout.splitlines() if re.match(r"\s+0\.\d\s", line)]
+    assert len(rows) == 9
+    scores = json.loads((tmp_path / "demo" / "output" / "scores.json").read_text())
+    assert scores["best"]["voi_sum"] == min(s["voi_sum"] for s in scores["thresholds"].values())
+    assert (tmp_path / "demo" / "output" / "volumes.zarr" / "segmentation" / "threshold_0.4" / "zarr.json").exists()
+    assert (tmp_path / "demo" / "output" / "logs" / "blockseg.log").stat().st_size > 0
+
+    status = _cli("status", str(tmp_path / "demo" / "demo.yaml"), cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    lines = {line.split()[0]: line.split() for line in status.stdout.splitlines()[1:]}
+    assert lines["fragments"][1:4] == ["18", "18", "complete"]
+    assert lines["segments"][1:4] == ["1", "1", "complete"]
+
+    evaluate = _cli("evaluate", str(tmp_path / "demo" / "demo.yaml"), "--no-progress", cwd=tmp_path)
+    assert evaluate.returncode == 0, evaluate.stderr
+    assert f"VOI sum {best.group(2)}" in evaluate.stdout
+    assert "evaluate: 0 block(s) done, 18 already done, 0 submitted" in evaluate.stdout
+
+
+def test_status_of_a_fresh_config(tmp_path, small_inputs):
+    from helpers import write_config
+
+    config = write_config(tmp_path, small_inputs)
+    status = _cli("status", str(config), cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert "fragments" in status.stdout and "not started" in status.stdout
+
+
+def test_every_command_has_help(tmp_path):
+    for command in ("run", "status", "evaluate", "demo"):
+        result = _cli(command, "--help", cwd=tmp_path)
+        assert result.returncode == 0
+        assert "usage: blockseg " + command in result.stdout
+
+
+def test_missing_config_is_one_line(tmp_path):
+    result = _cli("run", str(tmp_path / "nope.yaml"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "nope.yaml: no such file" in result.stderr

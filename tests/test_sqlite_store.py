@@ -1,0 +1,217 @@
+"""Tests of blockseg.graph.sqlite.SqliteGraphStore: rows, ledger, ROI queries, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from blockseg.geometry import Roi
+from blockseg.graph import open_store
+from blockseg.graph.base import BlockOutput, Edges, Nodes, StageState
+from blockseg.graph.sqlite import SqliteGraphStore
+
+BIG = 2**62 + 12345  # near the top of what fits a signed 64 bit SQLite integer
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SqliteGraphStore(tmp_path / "sub" / "graph.db")
+    yield s
+    s.close()
+
+
+def nodes(ids, centers, sizes=None) -> Nodes:
+    ids = np.asarray(ids, np.uint64)
+    sizes = np.arange(1, len(ids) + 1, dtype=np.int64) if sizes is None else np.asarray(sizes, np.int64)
+    return Nodes(ids, np.asarray(centers, np.float64).reshape(len(ids), 3), sizes)
+
+
+def edges(pairs, scores) -> Edges:
+    pairs = np.asarray(pairs, np.uint64).reshape(-1, 2)
+    return Edges(pairs[:, 0].copy(), pairs[:, 1].copy(), np.asarray(scores, np.float32))
+
+
+def edge_set(e: Edges) -> set[tuple[int, int, float]]:
+    return {(int(u), int(v), float(s)) for u, v, s in zip(e.u, e.v, e.scores)}
+
+
+def test_commit_round_trip_with_large_ids(store):
+    ids = [BIG, BIG + 1, BIG + 2**40, 7]
+    centers = [[10.5, 20, 30], [11, 21, 31], [12, 22, 32.25], [0, 0, 0]]
+    sizes = [100, 1, 2**40, 3]
+    store.commit_block("fragments", 3, BlockOutput(nodes=nodes(ids, centers, sizes)))
+    store.commit_block(
+        "agglomerate", 3, BlockOutput(edges=edges([[BIG, BIG + 1], [7, BIG + 2**40]], [0.25, 0.75]))
+    )
+    got = store.read_nodes()
+    assert got.ids.dtype == np.uint64
+    order = np.argsort(np.asarray(ids, np.uint64))
+    np.testing.assert_array_equal(got.ids, np.asarray(ids, np.uint64)[order])
+    assert int(got.ids[-1]) == BIG + 2**40  # no precision lost through float or sign casts
+    np.testing.assert_array_equal(got.centers, np.asarray(centers, np.float64)[order])
+    np.testing.assert_array_equal(got.sizes, np.asarray(sizes, np.int64)[order])
+    e = store.read_edges()
+    assert e.u.dtype == np.uint64 and e.v.dtype == np.uint64
+    assert edge_set(e) == {(BIG, BIG + 1, 0.25), (7, BIG + 2**40, 0.75)}
+    assert store.done_blocks("fragments") == {3}
+    assert store.done_blocks("agglomerate") == {3}
+    assert store.done_blocks("relabel") == set()
+
+
+def test_empty_store_reads_empty(store):
+    assert len(store.read_nodes()) == 0
+    assert store.read_nodes().centers.shape == (0, 3)
+    assert len(store.read_edges()) == 0
+    assert len(store.read_edges(Roi((0, 0, 0), (1, 1, 1)))) == 0
+    assert list(store.iter_edges()) == []
+    assert store.stage_state("fragments") is None
+    assert store.block_results("check") == {}
+
+
+def _random_graph(store, rng, n_nodes=60, n_edges=150):
+    ids = np.arange(1, n_nodes + 1, dtype=np.uint64) * 1000 + BIG
+    # integer centres on a coarse grid so that many sit exactly on ROI faces
+    centers = rng.integers(0, 5, (n_nodes, 3)).astype(np.float64) * 10
+    half = n_nodes // 2
+    store.commit_block("fragments", 0, BlockOutput(nodes=nodes(ids[:half], centers[:half])))
+    store.commit_block("fragments", 1, BlockOutput(nodes=nodes(ids[half:], centers[half:])))
+    pairs = set()
+    while len(pairs) < n_edges:
+        a, b = sorted(rng.choice(n_nodes, 2, replace=False))
+        pairs.add((int(ids[a]), int(ids[b])))
+    pairs = sorted(pairs)
+    scores = rng.random(len(pairs)).astype(np.float32)
+    store.commit_block("agglomerate", 0, BlockOutput(edges=edges(pairs, scores)))
+    return ids, centers, pairs, scores
+
+
+def test_read_nodes_and_edges_in_roi_match_oracle(store):
+    rng = np.random.default_rng(0)
+    ids, centers, pairs, scores = _random_graph(store, rng)
+    position = {int(i): c for i, c in zip(ids, centers)}
+    for roi in [Roi((10, 0, 10), (20, 30, 20)), Roi((0, 0, 0), (10, 10, 10)), Roi((20, 20, 20), (0, 10, 10)),
+                Roi((-100, -100, -100), (1000, 1000, 1000)), Roi((15, 15, 15), (10, 10, 10))]:
+        # half-open: a centre on the lower face is inside, one on the upper face is not
+        inside = {i for i, c in position.items() if all(o <= x < e for o, x, e in zip(roi.offset, c, roi.end))}
+        got = store.read_nodes(roi)
+        assert set(got.ids.tolist()) == inside
+        assert len(got.ids) == len(inside)
+        for i, c in zip(got.ids.tolist(), got.centers):
+            np.testing.assert_array_equal(c, position[i])
+        expected = {(u, v, float(s)) for (u, v), s in zip(pairs, scores) if u in inside or v in inside}
+        assert edge_set(store.read_edges(roi)) == expected
+    # the test exercises nodes exactly on ROI faces
+    roi = Roi((10, 0, 10), (20, 30, 20))
+    assert any(c[0] == roi.offset[0] for c in centers) and any(c[0] == roi.end[0] for c in centers)
+
+
+def test_rewriting_a_block_replaces_its_rows(store):
+    first = BlockOutput(
+        nodes=nodes([1, 2, 3], np.zeros((3, 3))),
+        edges=edges([[1, 2], [2, 3]], [0.1, 0.2]),
+        result=b"first",
+    )
+    store.commit_block("s", 5, first)
+    store.commit_block("s", 6, BlockOutput(nodes=nodes([10], np.zeros((1, 3))), edges=edges([[3, 10]], [0.9])))
+    # the same block again, twice, with different content: 1 and edge (1, 2) are gone
+    second = BlockOutput(nodes=nodes([2, 3, 4], np.ones((3, 3)), [7, 8, 9]), edges=edges([[2, 3], [3, 4]], [0.5, 0.6]))
+    store.commit_block("s", 5, second)
+    store.commit_block("s", 5, second)
+    got = store.read_nodes()
+    assert got.ids.tolist() == [2, 3, 4, 10]
+    assert got.sizes.tolist() == [7, 8, 9, 1]
+    assert edge_set(store.read_edges()) == {(2, 3, 0.5), (3, 4, 0.6000000238418579), (3, 10, 0.8999999761581421)}
+    assert len(store.read_edges()) == 3
+    assert store.done_blocks("s") == {5, 6}
+    # a rerun that produces no result does not leave the old one behind
+    assert store.block_results("s") == {}
+
+
+def test_drop_stage_removes_only_that_stage(store):
+    store.commit_block("fragments", 0, BlockOutput(nodes=nodes([1, 2], np.zeros((2, 3))), result=b"f0"))
+    store.commit_block("agglomerate", 0, BlockOutput(edges=edges([[1, 2]], [0.3]), result=b"a0"))
+    store.commit_block("agglomerate", 1, BlockOutput(edges=edges([[2, 5]], [0.4])))
+    store.commit_block("it's", 0, BlockOutput(nodes=nodes([9], np.zeros((1, 3))), result=b"q"))
+    store.set_stage_state("fragments", StageState("fp-f", "tok-f"))
+    store.set_stage_state("agglomerate", StageState("fp-a", "tok-a"))
+    store.drop_stage("agglomerate")
+    assert len(store.read_edges()) == 0
+    assert store.done_blocks("agglomerate") == set()
+    assert store.block_results("agglomerate") == {}
+    assert store.stage_state("agglomerate") is None
+    # untouched
+    assert store.read_nodes().ids.tolist() == [1, 2, 9]
+    assert store.done_blocks("fragments") == {0}
+    assert store.block_results("fragments") == {0: b"f0"}
+    assert store.stage_state("fragments") == StageState("fp-f", "tok-f")
+    assert store.block_results("it's") == {0: b"q"}
+    store.drop_stage("it's")
+    assert store.read_nodes().ids.tolist() == [1, 2]
+
+
+def test_iter_edges_chunks_cover_all_edges(store):
+    pairs = [[i, i + 1] for i in range(1, 11)]
+    store.commit_block("a", 0, BlockOutput(edges=edges(pairs[:4], np.linspace(0, 1, 4))))
+    store.commit_block("a", 1, BlockOutput(edges=edges(pairs[4:], np.linspace(0, 1, 6))))
+    chunks = list(store.iter_edges(chunk_size=3))
+    assert [len(c) for c in chunks] == [3, 3, 3, 1]
+    seen = [(int(u), int(v)) for c in chunks for u, v in zip(c.u, c.v)]
+    assert sorted(seen) == [tuple(p) for p in pairs]
+    assert len(store.read_edges()) == 10
+
+
+def test_read_graph(store):
+    rng = np.random.default_rng(1)
+    ids, centers, pairs, scores = _random_graph(store, rng, n_nodes=20, n_edges=30)
+    graph = store.read_graph()
+    assert set(graph.nodes) == set(ids.tolist())
+    assert {tuple(sorted(e)) for e in graph.edges} == set(pairs)
+    u, v = pairs[0]
+    assert graph.edges[u, v]["merge_score"] == pytest.approx(float(scores[0]))
+    i = int(ids[3])
+    assert graph.nodes[i]["center"] == tuple(centers[3])
+    assert graph.nodes[i]["size"] == 4
+    roi = Roi((0, 0, 0), (20, 50, 50))
+    sub = store.read_graph(roi)
+    inside = {int(i) for i, c in zip(ids, centers) if 0 <= c[0] < 20}
+    assert {n for n in sub.nodes if "center" in sub.nodes[n]} == inside
+    assert all(a in inside or b in inside for a, b in sub.edges)
+
+
+def test_stage_state_round_trip(store):
+    assert store.stage_state("fragments") is None
+    store.set_stage_state("fragments", StageState("abc", "t1"))
+    assert store.stage_state("fragments") == StageState("abc", "t1")
+    store.set_stage_state("fragments", StageState("def", "t2"))
+    assert store.stage_state("fragments") == StageState("def", "t2")
+    assert store.stage_state("relabel") is None
+
+
+def test_block_results_round_trip(store):
+    payload = bytes(range(256)) * 3
+    store.commit_block("evaluate", 0, BlockOutput(result=payload))
+    store.commit_block("evaluate", 4, BlockOutput(result=b""))
+    store.commit_block("evaluate", 2, BlockOutput(result=b"x"))
+    store.commit_block("evaluate", 2, BlockOutput(result=b"y"))
+    assert store.block_results("evaluate") == {0: payload, 4: b"", 2: b"y"}
+    assert store.block_results("check") == {}
+
+
+def test_persistence_across_reopen(tmp_path):
+    path = tmp_path / "graph.db"
+    store = SqliteGraphStore(path)
+    store.commit_block("fragments", 2, BlockOutput(nodes=nodes([BIG], [[1, 2, 3]], [5]), result=b"r"))
+    store.commit_block("agglomerate", 2, BlockOutput(edges=edges([[BIG, BIG + 1]], [0.5])))
+    store.set_stage_state("fragments", StageState("fp", "tok"))
+    store.close()
+    again = open_store(f"sqlite:///{path}")
+    try:
+        assert isinstance(again, SqliteGraphStore)
+        assert again.read_nodes().ids.tolist() == [BIG]
+        assert again.read_nodes().centers.tolist() == [[1.0, 2.0, 3.0]]
+        assert edge_set(again.read_edges()) == {(BIG, BIG + 1, 0.5)}
+        assert again.done_blocks("fragments") == {2}
+        assert again.block_results("fragments") == {2: b"r"}
+        assert again.stage_state("fragments") == StageState("fp", "tok")
+    finally:
+        again.close()
