@@ -40,8 +40,10 @@ def mean_affinity(affinities: np.ndarray, channels: int = 3) -> np.ndarray:
 
 def _seed_footprint(min_seed_distance: float, voxel_size: Sequence[float]) -> tuple[int, ...]:
     # An odd window of about min_seed_distance nm per axis: two maxima closer
-    # than that cannot both be the maximum of their window.
-    return tuple(max(1, 2 * int(min_seed_distance / (2 * v)) + 1) for v in voxel_size)
+    # than that cannot both be the maximum of their window. At least 3 voxels:
+    # in a window of 1 every voxel is its own maximum, all inside voxels become
+    # one seed and a small min_seed_distance would give fewer fragments.
+    return tuple(max(3, 2 * int(min_seed_distance / (2 * v)) + 1) for v in voxel_size)
 
 
 def _watershed(boundary_free: np.ndarray, voxel_size: Sequence[float], min_seed_distance: float) -> np.ndarray:
