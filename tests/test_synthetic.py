@@ -146,13 +146,26 @@ def test_demo_affinities_range_dtype_shape(demo: dict) -> None:
     assert affinities.dtype == np.float32
     assert affinities.shape == (3,) + demo["labels"].shape
     assert affinities.min() >= 0.0 and affinities.max() <= 1.0
-    # Still informative after noise and blur. A sigma-1 blur of a one-voxel
-    # boundary keeps its centre near 1 - 0.4, so the contrast is moderate.
+    # Still informative after noise and blur: low on the membrane band the
+    # demo draws (2 voxels, all channels), high away from it.
     clean = synthetic.affinities_from_labels(
-        demo["labels"], noise=0.0, smoothing_sigma=0.0
+        demo["labels"], noise=0.0, smoothing_sigma=0.0, membrane_width=2
     )
-    assert affinities[clean == 0].mean() < 0.8
-    assert affinities[clean == 1].mean() > 0.9
+    assert affinities[clean == 0].mean() < 0.5
+    assert affinities[clean == 1].mean() > 0.8
+    # the mean over channels, the fragments stage's boundary map, sees the band
+    assert (affinities.mean(axis=0)[clean.min(axis=0) == 0] < 0.5).mean() > 0.5
+
+
+def test_membrane_band_is_low_in_every_channel() -> None:
+    labels = np.ones((1, 1, 8), dtype=np.uint64)
+    labels[..., 4:] = 2
+    affinities = synthetic.affinities_from_labels(labels, noise=0.0, smoothing_sigma=0.0, membrane_width=2)
+    # the voxels on both sides of the boundary (x = 3 and 4) are 0 in all channels
+    np.testing.assert_array_equal(affinities[:, 0, 0, 3:5], 0.0)
+    np.testing.assert_array_equal(affinities[2, 0, 0, [1, 2, 5, 6, 7]], 1.0)
+    wider = synthetic.affinities_from_labels(labels, noise=0.0, smoothing_sigma=0.0, membrane_width=4)
+    np.testing.assert_array_equal(wider[:, 0, 0, 2:6], 0.0)
 
 
 def test_affinities_deterministic_per_seed(small_labels: np.ndarray) -> None:
