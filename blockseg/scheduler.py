@@ -179,8 +179,11 @@ def run_stage(
     for block_id in _take(todo, window):
         pending.add(submit(block_id))
     for future in pending:
-        attempt: _Attempt = future.result()
         block_id = int(future.key.rsplit("-", 2)[-2])
+        try:
+            attempt: _Attempt = future.result()
+        except Exception as error:  # noqa: BLE001 - e.g. KilledWorker: the task took workers down with it
+            attempt = _Attempt(False, None, "unknown (worker lost)", "".join(traceback.format_exception(error)))
         future.release()
         if attempt.ok:
             assert attempt.output is not None
