@@ -98,8 +98,10 @@ class BlockGrid:
         """
         for volume in outputs:
             chunk_nm = tuple(c * v for c, v in zip(volume.chunk_shape, volume.voxel_size))
-            bad_shape = [b % c != 0 for b, c in zip(self.block_shape, chunk_nm)]
-            if any(bad_shape) and self.num_blocks > 1:
+            # along an axis with a single block, that block ends at the total
+            # ROI's end, so its shape need not be whole chunks
+            bad_shape = [b % c != 0 and g > 1 for b, c, g in zip(self.block_shape, chunk_nm, self.grid_shape)]
+            if any(bad_shape):
                 raise AlignmentError(
                     f"block_shape {list(self.block_shape)} nm is not a multiple of the chunk shape "
                     f"{list(chunk_nm)} nm of {volume.url}"

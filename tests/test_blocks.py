@@ -140,6 +140,18 @@ def test_check_alignment_rejects_total_roi_off_the_chunk_grid(output):
         short.check_alignment([output])
 
 
+def test_check_alignment_accepts_any_block_shape_along_an_axis_with_one_block(output):
+    # x: a single block wider than the data, clipped to [0, 190): it ends at the
+    # data end, so its write ROI is whole chunks although 200 nm is not 80 nm chunks
+    grid = BlockGrid(output.roi, block_shape=(40, 80, 200))
+    assert grid.grid_shape == (2, 3, 1)
+    assert all(output.is_write_aligned(b.write_roi) for b in grid)
+    grid.check_alignment([output])
+    # the same block shape along an axis with several blocks is still rejected
+    with pytest.raises(AlignmentError):
+        BlockGrid(output.roi, block_shape=(40, 100, 200)).check_alignment([output])
+
+
 def test_check_alignment_checks_every_output(output, tmp_path):
     coarse = create_volume(tmp_path / "out.zarr" / "coarse", output.roi, (20, 10, 10), np.uint8, (4, 16, 16))
     grid = BlockGrid(output.roi, block_shape=(40, 80, 80))
