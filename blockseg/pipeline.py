@@ -195,10 +195,6 @@ def _check_blocks(config: PipelineConfig, affinities: Volume, total_roi: Roi) ->
         raise ConfigError(f"config error: block_shape: expected 3 values (z, y, x) in nm, got {block}")
     if any(b % v for b, v in zip(block, voxel_size)):
         raise ConfigError(f"config error: block_shape: {block} nm is not a multiple of the voxel size {list(voxel_size)} nm")
-    if total_roi.offset != affinities.roi.offset and any(
-        (o - d) % b for o, d, b in zip(total_roi.offset, affinities.roi.offset, block)
-    ):
-        pass  # blocks tile from the ROI's own offset; outputs start there too
     for key, chunk in (
         ("stages.fragments.chunk_shape", config.stages.fragments.chunk_shape),
         ("stages.relabel.chunk_shape", config.stages.relabel.chunk_shape),
