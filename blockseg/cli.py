@@ -75,7 +75,7 @@ def _run(config, stages: Sequence[str] | None, restart: bool) -> int:
     from blockseg.cluster import open_client
     from blockseg.pipeline import open_run, run_pipeline
 
-    run = open_run(config)
+    run = open_run(config, restart=restart)
     _setup_logging(config.output_dir / "logs", verbose=False)
     start = time.perf_counter()
     try:
@@ -146,6 +146,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_graph_export(args: argparse.Namespace) -> int:
+    from blockseg.config import ConfigError, load_config
+    from blockseg.geometry import Roi
+    from blockseg.graph import open_store
+    from blockseg.graph.export import export_graph
+
+    config = load_config(args.config)
+    roi = None
+    if args.roi:
+        try:
+            roi = Roi(args.roi[:3], args.roi[3:])
+        except ValueError as error:
+            raise ConfigError(f"--roi: {error}") from None
+    store = open_store(config.graph_url)
+    try:
+        output = Path(args.output or f"graph.{args.format}")
+        nodes, edges = export_graph(store, roi, args.format, output)
+    finally:
+        store.close()
+    print(f"wrote {nodes} node(s) and {edges} edge(s) to {output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blockseg", description="Blockwise segmentation of large EM volumes on dask.")
     parser.add_argument("--version", action="version", version=f"blockseg {__version__}")
@@ -171,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     common(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
+    graph = sub.add_parser("graph", help="inspect the RAG of a run")
+    graph_sub = graph.add_subparsers(dest="graph_command", required=True)
+    export = graph_sub.add_parser("export", help="write the nodes in a ROI and their edges as GraphML or npz")
+    export.add_argument("config")
+    export.add_argument("--roi", type=int, nargs=6, metavar=("OZ", "OY", "OX", "SZ", "SY", "SX"),
+                        help="offset and shape in nm (default: everything)")
+    export.add_argument("--format", choices=("graphml", "npz"), default="graphml")
+    export.add_argument("--output", "-o", help="file to write (default: graph.<format>)")
+    export.set_defaults(func=cmd_graph_export)
+
     demo = sub.add_parser("demo", help="synthetic volume + the embedded default pipeline")
     demo.add_argument("out", nargs="?", default="blockseg-demo", help="folder for inputs and outputs")
     demo.add_argument("--shape", type=int, nargs=3, default=[64, 192, 192], metavar=("Z", "Y", "X"))
@@ -183,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from blockseg.config import ConfigError
+    from blockseg.graph import StoreError
     from blockseg.pipeline import InputError
     from blockseg.scheduler import StageFailed
     from blockseg.volume import VolumeError
@@ -191,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(None, verbose=False)
     try:
         return args.func(args)
-    except (ConfigError, InputError, VolumeError) as error:
+    except (ConfigError, InputError, VolumeError, StoreError) as error:
         print(f"blockseg: {error}", file=sys.stderr)
         return 2
     except StageFailed as error:

@@ -185,13 +185,16 @@ class PipelineConfig(_Strict):
 
     @property
     def graph_url(self) -> str:
-        if self.graph:
-            scheme, sep, rest = self.graph.partition(":///")
-            if sep and not rest.startswith("/"):
-                # relative to the config's folder, like every other path in it
-                return f"{scheme}:///{self.resolve(rest)}"
-            return self.graph
-        return f"sqlite:///{self.output_dir / 'graph.db'}"
+        if not self.graph:
+            return f"sqlite:///{self.output_dir / 'graph.db'}"
+        from blockseg.graph import StoreError, store_path
+
+        try:
+            scheme, path = store_path(self.graph, self.base_dir)
+        except StoreError as error:
+            raise ConfigError(f"config error: graph: {error}") from None
+        # absolute from here on, so workers and later runs agree on the place
+        return f"{scheme}:///{path}" if scheme == "sqlite" else f"file://{path}"
 
     @property
     def relabel_thresholds(self) -> list[float]:

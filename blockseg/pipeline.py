@@ -17,7 +17,7 @@ import functools
 import hashlib
 import json
 import logging
-import shutil
+import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +30,10 @@ from blockseg import stages as block_functions
 from blockseg.blocks import AlignmentError, BlockGrid
 from blockseg.config import ConfigError, PipelineConfig
 from blockseg.geometry import Roi
-from blockseg.graph import GraphStore, open_store
+from blockseg.graph import GraphStore, StoreError, open_store
 from blockseg.graph.base import BlockOutput, StageState
 from blockseg.scheduler import StageReport, run_stage
-from blockseg.segments import connected_component_luts, lut_name, read_lut, write_lut
+from blockseg.segments import connected_component_luts
 from blockseg.volume import TOKEN_ATTR, Volume, VolumeError, create_volume, open_volume
 from workers import evaluate as evaluate_worker
 
@@ -88,10 +88,6 @@ class Run:
         return self.dataset_url(f"segmentation/threshold_{float(threshold)!r}")
 
     @property
-    def lut_dir(self) -> Path:
-        return self.output_dir / "luts"
-
-    @property
     def block_shape(self) -> tuple[int, ...]:
         return tuple(self.config.block_shape)
 
@@ -117,12 +113,18 @@ def _open_input(url: str, key: str) -> Volume:
         raise InputError(f"{key}: {error}") from None
 
 
-def open_run(config: PipelineConfig) -> Run:
+def open_run(config: PipelineConfig, restart: bool = False) -> Run:
     """Check the config against its inputs and open the graph store.
+
+    Parameters
+    ----------
+    restart : bool
+        Accept a graph store written by a run with another block grid or
+        input (its results are dropped as the stages restart).
 
     Raises
     ------
-    InputError, ConfigError
+    InputError, ConfigError, StoreError
         With a one-line message, before anything is written.
     """
     affinities = _open_input(config.resolve(config.input.affinities), "input.affinities")
@@ -136,9 +138,35 @@ def open_run(config: PipelineConfig) -> Run:
     output_dir = config.output_dir
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"config error: output: {output_dir} exists and is not a folder")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"config error: output: cannot create {output_dir} ({error.strerror})") from None
+    if not os.access(output_dir, os.W_OK):
+        raise ConfigError(f"config error: output: {output_dir} is not writable")
     store = open_store(config.graph_url)
+    meta = _store_meta(config, affinities, total_roi)
+    written = store.read_meta()
+    if written is not None and written != meta and not restart:
+        store.close()
+        changed = sorted(k for k in meta if written.get(k) != meta[k])
+        raise StoreError(
+            f"graph store {config.graph_url} holds a run with another {', '.join(changed)} "
+            f"({', '.join(f'{k}={written.get(k)}' for k in changed)}); use another graph URL or --restart"
+        )
+    if written != meta:
+        store.write_meta(meta)
     return Run(config, store, affinities, truth, total_roi)
+
+
+def _store_meta(config: PipelineConfig, affinities: Volume, total_roi: Roi) -> dict:
+    """What a graph store's rows are tied to: the block grid and the input."""
+    return {
+        "block_shape": list(config.block_shape),
+        "roi": [list(total_roi.offset), list(total_roi.shape)],
+        "affinities": affinities.url,
+        "ids_per_block": config.stages.fragments.ids_per_block,
+    }
 
 
 def _check_affinities(affinities: Volume) -> None:
@@ -315,7 +343,7 @@ def _segments_step(run: Run) -> None:
     for threshold, fragment_ids, segment_ids in connected_component_luts(
         nodes.ids, edges.u, edges.v, edges.scores, thresholds
     ):
-        write_lut(run.lut_dir, threshold, fragment_ids, segment_ids)
+        run.store.write_lut(threshold, fragment_ids, segment_ids)
         log.info("segments: threshold %r: %d fragments -> %d segments", threshold, len(fragment_ids), len(np.unique(segment_ids)))
 
 
@@ -325,7 +353,7 @@ def _evaluate_finish(run: Run) -> None:
     scores = {"fragments": evaluate_worker.scores_from_contingency(table)}
     per_threshold = {}
     for threshold in run.config.stages.segments.thresholds:
-        lut_ids, lut_segments = read_lut(run.lut_dir / lut_name(threshold))
+        lut_ids, lut_segments = run.store.read_lut(threshold)
         relabelled = evaluate_worker.relabel_contingency(table, lut_ids, lut_segments)
         per_threshold[repr(float(threshold))] = evaluate_worker.scores_from_contingency(relabelled)
     best = min(per_threshold, key=lambda t: per_threshold[t]["voi_sum"])
@@ -415,7 +443,7 @@ def _registry() -> dict[str, Stage]:
                 block_functions.relabel_block,
                 fragments_url=run.fragments_url,
                 segmentation_urls=[run.segmentation_url(t) for t in run.config.relabel_thresholds],
-                lut_paths=block_functions.lut_paths(run.lut_dir, run.config.relabel_thresholds),
+                lut_paths=[str(run.store.lut_path(t)) for t in run.config.relabel_thresholds],
                 ids_per_block=run.ids_per_block,
             ),
         ),
@@ -471,7 +499,7 @@ def _outputs_intact(run: Run, stage: Stage, token: str) -> bool:
         if volume.token != token:
             return False
     if stage.name == "segments":
-        return all((run.lut_dir / lut_name(t)).exists() for t in run.config.stages.segments.thresholds)
+        return all(run.store.lut_path(t).exists() for t in run.config.stages.segments.thresholds)
     return True
 
 
@@ -492,8 +520,8 @@ def reset_stage(run: Run, stage: Stage) -> StageState:
             spec.url, run.total_roi, run.voxel_size, spec.dtype, spec.chunk_shape, spec.channels,
             attrs={TOKEN_ATTR: token},
         )
-    if stage.name == "segments" and run.lut_dir.exists():
-        shutil.rmtree(run.lut_dir)
+    if stage.name == "segments":
+        run.store.drop_luts()
     state = StageState(fingerprint(run, stage), token)
     run.store.set_stage_state(stage.name, state)
     return state

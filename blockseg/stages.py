@@ -17,7 +17,7 @@ import numpy as np
 
 from blockseg.blocks import Block
 from blockseg.graph.base import BlockOutput, Edges, Nodes
-from blockseg.segments import lut_name, read_lut_range
+from blockseg.segments import read_lut_range
 from blockseg.volume import open_volume
 from workers import agglomerate as agglomerate_worker
 from workers import evaluate as evaluate_worker
@@ -76,8 +76,10 @@ def fragments_block(
     output = open_volume(fragments_url, mode="r+")
     output.write(block.write_roi, fragments)
     ids, centers, sizes = fragments_worker.fragment_nodes(fragments, voxel_size, block.write_roi.offset)
+    mean = fragments_worker.mean_affinity(affs)[crop]
+    attrs = {"mean_affinity": fragments_worker.mean_per_fragment(fragments, mean, ids).astype(np.float32)}
     stats = {"voxels": int(fragments.size), "fragments": int(len(ids))}
-    return BlockOutput(nodes=Nodes(ids, centers, sizes), stats=stats)
+    return BlockOutput(nodes=Nodes(ids, centers, sizes, attrs), stats=stats)
 
 
 def agglomerate_block(
@@ -134,7 +136,3 @@ def pack_arrays(*arrays: np.ndarray) -> bytes:
 def unpack_arrays(data: bytes) -> list[np.ndarray]:
     with np.load(io.BytesIO(data), allow_pickle=False) as archive:
         return [archive[f"arr_{i}"] for i in range(len(archive.files))]
-
-
-def lut_paths(folder: Path, thresholds: Sequence[float]) -> list[str]:
-    return [str(folder / lut_name(t)) for t in thresholds]

@@ -69,7 +69,9 @@ def _bad_inputs(kind: str, folder: Path, small_inputs: Path) -> dict:
         data = open_volume(affs_url).read(open_volume(affs_url).roi)
         data[1, 20, 100, 7] = np.nan
         _copy_volume(affs_url, f"{bad}/affs", data)
-        return {"input": {"affinities": f"{bad}/affs"}}
+        # another input needs another graph store (the finished one refuses
+        # it); the check must stop the run before it writes any volume there
+        return {"input": {"affinities": f"{bad}/affs"}, "output": "out_nan"}
     if kind == "labels as affinities":
         _copy_volume(f"{small_inputs}/labels", f"{bad}/labels_as_affs")
         return {"input": {"affinities": f"{bad}/labels_as_affs"}}
@@ -85,6 +87,14 @@ def _bad_inputs(kind: str, folder: Path, small_inputs: Path) -> dict:
         labels = open_volume(f"{small_inputs}/labels")
         _copy_volume(f"{small_inputs}/labels", f"{bad}/labels_40nm", voxel_size=(40, 10, 10))
         return {"input": {"ground_truth": f"{bad}/labels_40nm"}}
+    if kind == "unknown graph scheme":
+        return {"graph": "postgres://localhost/graph"}
+    if kind == "graph store of another grid":
+        return {"block_shape": [320, 640, 640]}
+    if kind == "unwritable graph store":
+        blocker = folder / "a_file"
+        blocker.write_text("")
+        return {"graph": f"sqlite:///{blocker}/graph.db"}
     if kind == "unknown key":
         return {"stages": {"fragments": {"min_seed_distanse": 50}}}
     raise AssertionError(kind)
@@ -98,6 +108,9 @@ EXPECTED = {
     "unaligned block": "block_shape",
     "unaligned chunks": "chunk_shape",
     "voxel size mismatch": "voxel_size",
+    "unknown graph scheme": "unknown scheme postgres://",
+    "graph store of another grid": "holds a run with another block_shape",
+    "unwritable graph store": "cannot create its folder",
     "unknown key": "stages.fragments.min_seed_distanse: unknown key",
 }
 
@@ -129,3 +142,4 @@ def test_bad_input_is_one_line_and_changes_nothing(kind, finished, small_inputs,
     assert EXPECTED[kind] in lines[0], lines[0]
     assert "Traceback" not in result.stderr
     assert _tree_digest(finished / "out") == before
+    assert not (finished / "out_nan" / "volumes.zarr").exists()

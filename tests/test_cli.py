@@ -35,6 +35,26 @@ def test_demo_status_and_evaluate(tmp_path):
     assert lines["fragments"][1:4] == ["18", "18", "complete"]
     assert lines["segments"][1:4] == ["1", "1", "complete"]
 
+    config = str(tmp_path / "demo" / "demo.yaml")
+    graphml = tmp_path / "piece.graphml"
+    export = _cli("graph", "export", config, "--roi", "0", "0", "0", "640", "640", "640", "-o", str(graphml), cwd=tmp_path)
+    assert export.returncode == 0, export.stderr
+    import networkx as nx
+    import numpy as np
+
+    piece = nx.read_graphml(graphml)
+    centred = [n for n, d in piece.nodes(data=True) if "z" in d]
+    assert centred and all(0 <= piece.nodes[n]["z"] < 640 and 0 <= piece.nodes[n]["x"] < 640 for n in centred)
+    assert all("merge_score" in d for _, _, d in piece.edges(data=True))
+    everything = tmp_path / "all.npz"
+    export = _cli("graph", "export", config, "--format", "npz", "-o", str(everything), cwd=tmp_path)
+    assert export.returncode == 0, export.stderr
+    with np.load(everything, allow_pickle=False) as arrays:
+        assert len(arrays["node_ids"]) > len(centred)
+        assert len(arrays["edge_u"]) == len(arrays["edge_scores"]) > piece.number_of_edges()
+        assert np.all(arrays["edge_u"] < arrays["edge_v"])
+        assert "node_mean_affinity" in arrays.files
+
     evaluate = _cli("evaluate", str(tmp_path / "demo" / "demo.yaml"), "--no-progress", cwd=tmp_path)
     assert evaluate.returncode == 0, evaluate.stderr
     assert f"VOI sum {best.group(2)}" in evaluate.stdout

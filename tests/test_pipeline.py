@@ -115,3 +115,43 @@ def test_stages_subset_needs_upstream(tmp_path, small_inputs, client):
     with pytest.raises(InputError, match="needs stage fragments"):
         run_pipeline(run, client, stages=["agglomerate"])
     run.store.close()
+
+
+def test_file_store_gives_the_same_segmentation(tmp_path, small_inputs, client):
+    """Graph stores, check 3: bit-identical segmentations with either store."""
+    outputs = []
+    for name, graph in (("sqlite", "sqlite:///out/graph.db"), ("files", "file://out/graph")):
+        folder = tmp_path / name
+        folder.mkdir()
+        config = load_config(write_config(folder, small_inputs, graph=graph))
+        run, reports = _run(config, client)
+        assert run.store.url.startswith("file://" if name == "files" else "sqlite:///")
+        outputs.append((read_dataset(run.fragments_url), read_dataset(run.segmentation_url(0.5)), run.scores))
+        # and the file store resumes like the other
+        _, again = _run(config, client)
+        assert sum(report.submitted for report in again.values()) == 0
+    np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
+    np.testing.assert_array_equal(outputs[0][1], outputs[1][1])
+    assert outputs[0][2] == outputs[1][2]
+    assert (tmp_path / "files" / "out" / "graph" / "blocks" / "fragments" / "0.npz").exists()
+
+
+def test_store_of_another_block_grid_is_refused(tmp_path, small_inputs, client):
+    """Graph stores, check 5: a store written with another block size is an error, not overwritten."""
+    from blockseg.graph import StoreError
+
+    config = load_config(write_config(tmp_path, small_inputs))
+    run, _ = _run(config, client)
+    reference = read_dataset(run.segmentation_url(0.5))
+    other = load_config(write_config(tmp_path, small_inputs, block_voxels=(16, 64, 64)))
+    with pytest.raises(StoreError, match="block_shape"):
+        open_run(other)
+    np.testing.assert_array_equal(read_dataset(run.segmentation_url(0.5)), reference)
+    again = open_run(config)  # the original config still opens it
+    assert again.store.done_blocks("fragments")
+    again.store.close()
+    # --restart takes the store over for the new grid
+    restarted = open_run(other, restart=True)
+    reports = run_pipeline(restarted, client, restart=True)
+    restarted.store.close()
+    assert reports["fragments"].total == 2 * 2 * 2

@@ -156,3 +156,13 @@ def fragment_nodes(
         centers[:, axis] = (sums / sizes + 0.5) * voxel_size[axis] + offset[axis]
     keep = ids != 0
     return ids[keep].astype(np.uint64), centers[keep], sizes[keep].astype(np.int64)
+
+
+def mean_per_fragment(fragments: np.ndarray, values: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` over each fragment in ``ids`` (sorted, as ``fragment_nodes`` gives them)."""
+    labels, inverse = np.unique(fragments, return_inverse=True)
+    inverse = inverse.ravel()
+    sums = np.bincount(inverse, weights=values.ravel().astype(np.float64), minlength=len(labels))
+    counts = np.bincount(inverse, minlength=len(labels))
+    means = sums / np.maximum(counts, 1)
+    return means[np.searchsorted(labels, ids)]

@@ -1,29 +1,56 @@
-"""The contract every graph store keeps.
+"""The contract every graph store keeps, and the parts all backends share.
 
 A graph store holds the region adjacency graph of a run (fragments as nodes,
-their contacts as edges with merge scores) and the run's ledger: which blocks
-of which stage are done, and the identity of each stage's current results.
-Everything a block produces reaches the store in one atomic commit together
-with its done mark, so a crash leaves a block either wholly there or absent.
+their contacts as edges with merge scores), the run's ledger (which blocks of
+which stage are done, and the identity of each stage's current results) and
+the lookup tables of the segments stage. Everything a block produces reaches
+the store in one atomic commit together with its done mark, so a crash leaves
+a block either wholly there or absent.
+
+Nodes and edges may carry attributes beyond the required columns (a
+fragment's mean affinity, several merge scores, ...): numeric arrays, one
+value per row, named by the stage that writes them.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, Protocol
 
+import networkx as nx
 import numpy as np
 
 from blockseg.geometry import Roi
+from blockseg.segments import lut_name, read_lut, read_lut_range, write_lut
+
+ATTRIBUTE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
+RESERVED = {"id", "z", "y", "x", "size", "u", "v", "score", "stage", "block"}
+
+
+class StoreError(ValueError):
+    """A graph store cannot be opened or used as asked; the message is one line."""
+
+
+def check_attribute_names(names) -> None:
+    """Attribute names become SQL columns and archive keys: keep them plain."""
+    for name in names:
+        if not name or set(name) - ATTRIBUTE_NAME_CHARS or name[0].isdigit() or name in RESERVED:
+            raise StoreError(
+                f"attribute name {name!r}: use lower-case letters, digits and '_', "
+                f"not starting with a digit, and none of {sorted(RESERVED)}"
+            )
 
 
 @dataclass
 class Nodes:
-    """RAG nodes: fragment ids, centres in nm (n, dims) and sizes in voxels."""
+    """RAG nodes: fragment ids, centres in nm (n, 3), sizes in voxels, attributes."""
 
     ids: np.ndarray
     centers: np.ndarray
     sizes: np.ndarray
+    attrs: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, dims: int = 3) -> "Nodes":
@@ -32,14 +59,18 @@ class Nodes:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def take(self, index: np.ndarray) -> "Nodes":
+        return Nodes(self.ids[index], self.centers[index], self.sizes[index], {k: a[index] for k, a in self.attrs.items()})
+
 
 @dataclass
 class Edges:
-    """RAG edges ``u < v`` with the score at which they merge."""
+    """RAG edges ``u < v`` with the score at which they merge, and attributes."""
 
     u: np.ndarray
     v: np.ndarray
     scores: np.ndarray
+    attrs: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> "Edges":
@@ -47,6 +78,35 @@ class Edges:
 
     def __len__(self) -> int:
         return len(self.u)
+
+    def take(self, index: np.ndarray) -> "Edges":
+        return Edges(self.u[index], self.v[index], self.scores[index], {k: a[index] for k, a in self.attrs.items()})
+
+
+def concatenate_nodes(parts: list[Nodes]) -> Nodes:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return Nodes.empty()
+    names = set.intersection(*(set(p.attrs) for p in parts))
+    return Nodes(
+        np.concatenate([p.ids for p in parts]),
+        np.concatenate([p.centers for p in parts]),
+        np.concatenate([p.sizes for p in parts]),
+        {n: np.concatenate([p.attrs[n] for p in parts]) for n in sorted(names)},
+    )
+
+
+def concatenate_edges(parts: list[Edges]) -> Edges:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return Edges.empty()
+    names = set.intersection(*(set(p.attrs) for p in parts))
+    return Edges(
+        np.concatenate([p.u for p in parts]),
+        np.concatenate([p.v for p in parts]),
+        np.concatenate([p.scores for p in parts]),
+        {n: np.concatenate([p.attrs[n] for p in parts]) for n in sorted(names)},
+    )
 
 
 @dataclass
@@ -57,6 +117,25 @@ class BlockOutput:
     edges: Edges | None = None
     result: bytes | None = None
     stats: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Refuse malformed rows before anything is written."""
+        if self.nodes is not None:
+            n = len(self.nodes.ids)
+            if self.nodes.centers.shape != (n, 3) or len(self.nodes.sizes) != n:
+                raise StoreError(f"nodes: {n} ids but centers {self.nodes.centers.shape} and {len(self.nodes.sizes)} sizes")
+            check_attribute_names(self.nodes.attrs)
+            for name, values in self.nodes.attrs.items():
+                if len(values) != n:
+                    raise StoreError(f"node attribute {name}: {len(values)} values for {n} nodes")
+        if self.edges is not None:
+            n = len(self.edges.u)
+            if len(self.edges.v) != n or len(self.edges.scores) != n:
+                raise StoreError("edges: u, v and scores differ in length")
+            check_attribute_names(self.edges.attrs)
+            for name, values in self.edges.attrs.items():
+                if len(values) != n:
+                    raise StoreError(f"edge attribute {name}: {len(values)} values for {n} edges")
 
 
 @dataclass(frozen=True)
@@ -69,6 +148,8 @@ class StageState:
 
 class GraphStore(Protocol):
     """What blockseg needs from a graph store."""
+
+    url: str
 
     def commit_block(self, stage: str, block_id: int, output: BlockOutput) -> None:
         """Replace the block's rows of ``stage`` and mark it done, atomically."""
@@ -84,14 +165,101 @@ class GraphStore(Protocol):
     def set_stage_state(self, stage: str, state: StageState) -> None: ...
 
     def read_nodes(self, roi: Roi | None = None) -> Nodes:
-        """Nodes whose centre lies inside ``roi`` (all nodes if None)."""
+        """Nodes whose centre lies inside ``roi`` (all nodes if None), sorted by id."""
 
     def read_edges(self, roi: Roi | None = None) -> Edges:
-        """Edges with at least one node whose centre lies inside ``roi``."""
+        """Edges with at least one node whose centre lies inside ``roi``, sorted by (u, v)."""
 
     def iter_edges(self, chunk_size: int = 1_000_000) -> Iterator[Edges]:
-        """All edges, in chunks of numpy arrays."""
+        """All edges, in chunks of numpy arrays, without Python objects per edge."""
+
+    def read_graph(self, roi: Roi | None = None) -> nx.Graph: ...
 
     def block_results(self, stage: str) -> dict[int, bytes]: ...
 
+    def write_lut(self, threshold: float, fragment_ids: np.ndarray, segment_ids: np.ndarray) -> None: ...
+
+    def read_lut(self, threshold: float) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def lut_path(self, threshold: float) -> Path:
+        """The LUT's ``.npy`` file, for workers that memory-map their rows."""
+
+    def drop_luts(self) -> None: ...
+
+    def read_meta(self) -> dict | None: ...
+
+    def write_meta(self, meta: dict) -> None: ...
+
     def close(self) -> None: ...
+
+
+class LutFolder:
+    """LUTs as sorted ``.npy`` files in a folder, shared by the backends.
+
+    A relabel block memory-maps the file and reads only its own rows, which
+    no database query would beat; so both backends keep LUTs this way.
+    """
+
+    lut_dir: Path
+
+    def write_lut(self, threshold: float, fragment_ids: np.ndarray, segment_ids: np.ndarray) -> None:
+        order = np.argsort(fragment_ids, kind="stable")
+        write_lut(self.lut_dir, threshold, np.asarray(fragment_ids)[order], np.asarray(segment_ids)[order])
+
+    def read_lut(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        path = self.lut_path(threshold)
+        if not path.exists():
+            raise StoreError(f"no LUT for threshold {threshold!r} in {self.lut_dir}")
+        return read_lut(path)
+
+    def read_lut_range(self, threshold: float, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
+        return read_lut_range(self.lut_path(threshold), low, high)
+
+    def lut_path(self, threshold: float) -> Path:
+        return self.lut_dir / lut_name(threshold)
+
+    def lut_thresholds(self) -> list[float]:
+        if not self.lut_dir.exists():
+            return []
+        names = [p.name for p in self.lut_dir.glob("threshold_*.npy") if not p.name.endswith(".tmp.npy")]
+        return sorted(float(n[len("threshold_") : -len(".npy")]) for n in names)
+
+    def drop_luts(self) -> None:
+        for path in self.lut_dir.glob("threshold_*.npy") if self.lut_dir.exists() else []:
+            path.unlink()
+
+
+def graph_from(nodes: Nodes, edges: Edges) -> nx.Graph:
+    """A networkx graph of ``nodes`` (with their attributes) and ``edges``.
+
+    Endpoints of ``edges`` that are not among ``nodes`` (neighbours outside a
+    ROI) are added without attributes.
+    """
+    graph = nx.Graph()
+    names = list(nodes.attrs)
+    columns = [nodes.attrs[n].tolist() for n in names]
+    for i, (node_id, center, size) in enumerate(zip(nodes.ids.tolist(), nodes.centers.tolist(), nodes.sizes.tolist())):
+        data = {"center": tuple(center), "size": size}
+        data.update({name: column[i] for name, column in zip(names, columns)})
+        graph.add_node(node_id, **data)
+    edge_names = list(edges.attrs)
+    edge_columns = [edges.attrs[n].tolist() for n in edge_names]
+    for i, (u, v, score) in enumerate(zip(edges.u.tolist(), edges.v.tolist(), edges.scores.tolist())):
+        data = {"merge_score": score}
+        data.update({name: column[i] for name, column in zip(edge_names, edge_columns)})
+        graph.add_edge(u, v, **data)
+    return graph
+
+
+def nodes_in_roi(nodes: Nodes, roi: Roi | None) -> np.ndarray:
+    """Mask of the nodes whose centre lies in ``roi`` (half-open)."""
+    if roi is None:
+        return np.ones(len(nodes), bool)
+    inside = np.ones(len(nodes), bool)
+    for axis, (low, high) in enumerate(zip(roi.offset, roi.end)):
+        inside &= (nodes.centers[:, axis] >= low) & (nodes.centers[:, axis] < high)
+    return inside
+
+
+def meta_text(meta: dict) -> str:
+    return json.dumps(meta, sort_keys=True)

@@ -2,12 +2,19 @@
 
 WAL mode lets workers or users read while the driver commits; every block
 commit is one transaction, so the done mark and the rows are never apart.
+
+Rows go to indexed ``nodes`` and ``edges`` tables, for ROI queries. Each
+block's edges are also kept as one row of packed arrays (``edge_blocks``), so
+reading all edges of a run, what the segments stage does, costs a few
+thousand blob reads instead of a Python tuple per edge.
+
 Fragment ids are uint64 in blockseg but SQLite integers are signed 64 bit:
 ids stay below 2**63 (the config checks this), so the cast is lossless.
 """
 
 from __future__ import annotations
 
+import io
 import sqlite3
 from pathlib import Path
 from typing import Iterator
@@ -16,7 +23,16 @@ import networkx as nx
 import numpy as np
 
 from blockseg.geometry import Roi
-from blockseg.graph.base import BlockOutput, Edges, Nodes, StageState
+from blockseg.graph.base import (
+    BlockOutput,
+    Edges,
+    LutFolder,
+    Nodes,
+    StageState,
+    StoreError,
+    concatenate_edges,
+    graph_from,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -29,79 +45,150 @@ CREATE TABLE IF NOT EXISTS edges (
     stage TEXT NOT NULL, block INTEGER NOT NULL, PRIMARY KEY (u, v));
 CREATE INDEX IF NOT EXISTS edges_v ON edges (v);
 CREATE INDEX IF NOT EXISTS edges_block ON edges (stage, block);
+CREATE TABLE IF NOT EXISTS edge_blocks (
+    stage TEXT NOT NULL, block INTEGER NOT NULL, count INTEGER NOT NULL,
+    u BLOB NOT NULL, v BLOB NOT NULL, score BLOB NOT NULL, attrs BLOB,
+    PRIMARY KEY (stage, block));
 CREATE TABLE IF NOT EXISTS done (
     stage TEXT NOT NULL, block INTEGER NOT NULL, PRIMARY KEY (stage, block));
 CREATE TABLE IF NOT EXISTS results (
     stage TEXT NOT NULL, block INTEGER NOT NULL, data BLOB, PRIMARY KEY (stage, block));
 CREATE TABLE IF NOT EXISTS stages (
     stage TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, token TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 _INT64 = np.int64
+_STAGE_TABLES = ("nodes", "edges", "edge_blocks", "done", "results", "stages")
 
 
-class SqliteGraphStore:
-    """Graph store in one SQLite database file.
+def _pack(arrays: dict[str, np.ndarray]) -> bytes | None:
+    if not arrays:
+        return None
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _unpack(data: bytes | None) -> dict[str, np.ndarray]:
+    if not data:
+        return {}
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+class SqliteGraphStore(LutFolder):
+    """Graph store in one SQLite database file; LUTs in ``<file>.luts/``.
 
     Parameters
     ----------
     path : str or Path
-        The database file; its folder is created if needed.
+        The database file; its folder is created if needed. ``:memory:``
+        gives a throwaway store.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if str(path) != ":memory:":  # an in-memory store holds throwaway ledgers
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), timeout=120, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL keeps WAL commits atomic across a crash of the process.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self.url = f"sqlite:///{self.path}"
+        in_memory = str(path) == ":memory:"
+        if not in_memory:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StoreError(f"graph store {self.path}: cannot create its folder ({error.strerror})") from None
+        self.lut_dir = Path(f"{self.path}.luts")
+        try:
+            self._db = sqlite3.connect(str(self.path), timeout=120, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL keeps WAL commits atomic across a crash of the process.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as error:
+            raise StoreError(f"graph store {self.path}: cannot open it for writing ({error})") from None
+        self._columns = {table: self._table_columns(table) for table in ("nodes", "edges")}
 
     def __repr__(self) -> str:
         return f"SqliteGraphStore({str(self.path)!r})"
 
+    def _table_columns(self, table: str) -> list[str]:
+        return [row[1] for row in self._db.execute(f"PRAGMA table_info({table})")]
+
+    def _attribute_columns(self, table: str) -> list[str]:
+        fixed = {"nodes": 7, "edges": 5}[table]
+        return self._columns[table][fixed:]
+
+    def _declare(self, table: str, attrs: dict[str, np.ndarray]) -> None:
+        """Add a column for each attribute not seen before (inside the open transaction)."""
+        for name, values in attrs.items():
+            if name not in self._columns[table]:
+                kind = "INTEGER" if np.issubdtype(values.dtype, np.integer) else "REAL"
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+                self._columns[table].append(name)
+
     # -- writing -----------------------------------------------------------
     def commit_block(self, stage: str, block_id: int, output: BlockOutput) -> None:
+        output.check()
         db = self._db
+        block_id = int(block_id)
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute("DELETE FROM nodes WHERE stage = ? AND block = ?", (stage, block_id))
-            db.execute("DELETE FROM edges WHERE stage = ? AND block = ?", (stage, block_id))
-            # a rerun replaces the block's result too, even when it produces none
-            db.execute("DELETE FROM results WHERE stage = ? AND block = ?", (stage, block_id))
+            for table in ("nodes", "edges", "edge_blocks", "results"):
+                db.execute(f"DELETE FROM {table} WHERE stage = ? AND block = ?", (stage, block_id))
             if output.nodes is not None and len(output.nodes):
-                n = output.nodes
-                rows = zip(
-                    n.ids.astype(_INT64).tolist(),
-                    *(n.centers[:, d].tolist() for d in range(3)),
-                    n.sizes.astype(_INT64).tolist(),
-                )
-                db.executemany(
-                    f"INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, '{_quote(stage)}', {int(block_id)})", rows
-                )
+                self._insert_nodes(stage, block_id, output.nodes)
             if output.edges is not None and len(output.edges):
-                e = output.edges
-                rows = zip(e.u.astype(_INT64).tolist(), e.v.astype(_INT64).tolist(), e.scores.astype(float).tolist())
-                db.executemany(
-                    f"INSERT OR REPLACE INTO edges VALUES (?, ?, ?, '{_quote(stage)}', {int(block_id)})", rows
-                )
-            db.execute(
-                "INSERT OR REPLACE INTO results VALUES (?, ?, ?)",
-                (stage, block_id, output.result),
-            ) if output.result is not None else None
+                self._insert_edges(stage, block_id, output.edges)
+            if output.result is not None:
+                db.execute("INSERT INTO results VALUES (?, ?, ?)", (stage, block_id, output.result))
             db.execute("INSERT OR REPLACE INTO done VALUES (?, ?)", (stage, block_id))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            self._columns = {table: self._table_columns(table) for table in ("nodes", "edges")}
             raise
+
+    def _insert_nodes(self, stage: str, block_id: int, nodes: Nodes) -> None:
+        self._declare("nodes", nodes.attrs)
+        names = list(nodes.attrs)
+        columns = ["id", "z", "y", "x", "size", "stage", "block"] + names
+        rows = zip(
+            nodes.ids.astype(_INT64).tolist(),
+            *(nodes.centers[:, d].astype(float).tolist() for d in range(3)),
+            nodes.sizes.astype(_INT64).tolist(),
+            [stage] * len(nodes),
+            [block_id] * len(nodes),
+            *(nodes.attrs[n].tolist() for n in names),
+        )
+        marks = ", ".join("?" * len(columns))
+        self._db.executemany(f"INSERT OR REPLACE INTO nodes ({', '.join(columns)}) VALUES ({marks})", rows)
+
+    def _insert_edges(self, stage: str, block_id: int, edges: Edges) -> None:
+        self._declare("edges", edges.attrs)
+        names = list(edges.attrs)
+        columns = ["u", "v", "score", "stage", "block"] + names
+        u = edges.u.astype(np.uint64)
+        v = edges.v.astype(np.uint64)
+        scores = edges.scores.astype(np.float32)
+        rows = zip(
+            u.astype(_INT64).tolist(),
+            v.astype(_INT64).tolist(),
+            scores.astype(float).tolist(),
+            [stage] * len(edges),
+            [block_id] * len(edges),
+            *(edges.attrs[n].tolist() for n in names),
+        )
+        marks = ", ".join("?" * len(columns))
+        self._db.executemany(f"INSERT OR REPLACE INTO edges ({', '.join(columns)}) VALUES ({marks})", rows)
+        self._db.execute(
+            "INSERT INTO edge_blocks VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (stage, block_id, len(edges), u.tobytes(), v.tobytes(), scores.tobytes(), _pack(edges.attrs)),
+        )
 
     def drop_stage(self, stage: str) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for table in ("nodes", "edges", "done", "results", "stages"):
+            for table in _STAGE_TABLES:
                 db.execute(f"DELETE FROM {table} WHERE stage = ?", (stage,))
             db.execute("COMMIT")
         except BaseException:
@@ -109,11 +196,20 @@ class SqliteGraphStore:
             raise
 
     def set_stage_state(self, stage: str, state: StageState) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO stages VALUES (?, ?, ?)", (stage, state.fingerprint, state.token)
-        )
+        self._db.execute("INSERT OR REPLACE INTO stages VALUES (?, ?, ?)", (stage, state.fingerprint, state.token))
+
+    def write_meta(self, meta: dict) -> None:
+        import json
+
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('pipeline', ?)", (json.dumps(meta, sort_keys=True),))
 
     # -- reading -----------------------------------------------------------
+    def read_meta(self) -> dict | None:
+        import json
+
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'pipeline'").fetchone()
+        return json.loads(row[0]) if row else None
+
     def done_blocks(self, stage: str) -> set[int]:
         rows = self._db.execute("SELECT block FROM done WHERE stage = ?", (stage,))
         return {row[0] for row in rows}
@@ -127,54 +223,73 @@ class SqliteGraphStore:
         return {block: data for block, data in rows}
 
     def read_nodes(self, roi: Roi | None = None) -> Nodes:
-        query = "SELECT id, z, y, x, size FROM nodes"
+        names = self._attribute_columns("nodes")
+        columns = ", ".join(["id", "z", "y", "x", "size"] + names)
         where, params = _roi_clause(roi)
-        rows = self._db.execute(query + where + " ORDER BY id", params).fetchall()
+        rows = self._db.execute(f"SELECT {columns} FROM nodes{where} ORDER BY id", params).fetchall()
         if not rows:
             return Nodes.empty()
-        table = np.array(rows, dtype=np.float64)
-        ids = np.array([r[0] for r in rows], dtype=np.int64).astype(np.uint64)
-        return Nodes(ids, table[:, 1:4], table[:, 4].astype(np.int64))
+        columns_data = list(zip(*rows))
+        ids = np.array(columns_data[0], dtype=np.int64).astype(np.uint64)
+        centers = np.stack([np.array(columns_data[i], dtype=np.float64) for i in (1, 2, 3)], axis=1)
+        sizes = np.array(columns_data[4], dtype=np.int64)
+        attrs = {name: _column(columns_data[5 + i]) for i, name in enumerate(names)}
+        return Nodes(ids, centers, sizes, attrs)
 
     def read_edges(self, roi: Roi | None = None) -> Edges:
         if roi is None:
-            chunks = list(self.iter_edges())
-            if not chunks:
-                return Edges.empty()
-            return Edges(*(np.concatenate([getattr(c, f) for c in chunks]) for f in ("u", "v", "scores")))
+            edges = concatenate_edges(list(self.iter_edges()))
+            order = np.lexsort((edges.v, edges.u))
+            return edges.take(order)
+        names = self._attribute_columns("edges")
+        columns = ", ".join(["u", "v", "score"] + names)
         where, params = _roi_clause(roi)
         inside = f"SELECT id FROM nodes{where}"
         rows = self._db.execute(
-            f"SELECT u, v, score FROM edges WHERE u IN ({inside}) OR v IN ({inside}) ORDER BY u, v",
+            f"SELECT {columns} FROM edges WHERE u IN ({inside}) OR v IN ({inside}) ORDER BY u, v",
             params + params,
         ).fetchall()
-        return _edges_from_rows(rows)
+        if not rows:
+            return Edges.empty()
+        data = list(zip(*rows))
+        return Edges(
+            np.array(data[0], dtype=np.int64).astype(np.uint64),
+            np.array(data[1], dtype=np.int64).astype(np.uint64),
+            np.array(data[2], dtype=np.float32),
+            {name: _column(data[3 + i]) for i, name in enumerate(names)},
+        )
 
     def iter_edges(self, chunk_size: int = 1_000_000) -> Iterator[Edges]:
-        cursor = self._db.execute("SELECT u, v, score FROM edges")
-        while True:
-            rows = cursor.fetchmany(chunk_size)
-            if not rows:
-                return
-            yield _edges_from_rows(rows)
+        cursor = self._db.execute("SELECT u, v, score, attrs FROM edge_blocks ORDER BY stage, block")
+        pending: list[Edges] = []
+        count = 0
+        for u, v, score, attrs in cursor:
+            pending.append(
+                Edges(
+                    np.frombuffer(u, dtype=np.uint64),
+                    np.frombuffer(v, dtype=np.uint64),
+                    np.frombuffer(score, dtype=np.float32),
+                    _unpack(attrs),
+                )
+            )
+            count += len(pending[-1])
+            if count >= chunk_size:
+                yield concatenate_edges(pending)
+                pending, count = [], 0
+        if pending:
+            yield concatenate_edges(pending)
 
     def read_graph(self, roi: Roi | None = None) -> nx.Graph:
         """A networkx graph of the nodes inside ``roi`` and their edges."""
-        nodes = self.read_nodes(roi)
-        edges = self.read_edges(roi)
-        graph = nx.Graph()
-        for node_id, center, size in zip(nodes.ids.tolist(), nodes.centers.tolist(), nodes.sizes.tolist()):
-            graph.add_node(node_id, center=tuple(center), size=size)
-        for u, v, score in zip(edges.u.tolist(), edges.v.tolist(), edges.scores.tolist()):
-            graph.add_edge(u, v, merge_score=score)
-        return graph
+        return graph_from(self.read_nodes(roi), self.read_edges(roi))
 
     def close(self) -> None:
         self._db.close()
 
 
-def _quote(text: str) -> str:
-    return text.replace("'", "''")
+def _column(values: tuple) -> np.ndarray:
+    # NULL (an attribute another stage did not write) reads as NaN
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def _roi_clause(roi: Roi | None) -> tuple[str, list]:
@@ -185,14 +300,3 @@ def _roi_clause(roi: Roi | None) -> tuple[str, list]:
     for o, e in zip(roi.offset, roi.end):
         params += [o, e]
     return clause, params
-
-
-def _edges_from_rows(rows: list) -> Edges:
-    if not rows:
-        return Edges.empty()
-    u, v, s = zip(*rows)
-    return Edges(
-        np.array(u, dtype=np.int64).astype(np.uint64),
-        np.array(v, dtype=np.int64).astype(np.uint64),
-        np.array(s, dtype=np.float32),
-    )

@@ -1,0 +1,212 @@
+"""The file graph store: one ``.npz`` file per block per stage.
+
+Layout under the store's folder::
+
+    meta.json                     what pipeline wrote here
+    stages/<stage>.json           fingerprint and token of a stage's results
+    blocks/<stage>/<block>.npz    a block's nodes, edges and result; its done mark
+    luts/threshold_<t>.npy        lookup tables
+
+A block file is written under a temporary name in the same folder and renamed
+into place, which is atomic on POSIX filesystems (shared ones included): a
+crash leaves either the whole block or no block, never part of one. Writers
+need no lock and no coordination, since each block has its own file and
+rewriting a block replaces its file; so workers may commit their own blocks.
+Archives are read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import networkx as nx
+import numpy as np
+
+from blockseg.geometry import Roi
+from blockseg.graph.base import (
+    BlockOutput,
+    Edges,
+    LutFolder,
+    Nodes,
+    StageState,
+    StoreError,
+    concatenate_edges,
+    concatenate_nodes,
+    graph_from,
+    nodes_in_roi,
+)
+
+_TMP = ".tmp-"
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f"{path.name}{_TMP}{uuid.uuid4().hex}")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+class FileGraphStore(LutFolder):
+    """Graph store in a folder of per-block ``.npz`` files.
+
+    Parameters
+    ----------
+    root : str or Path
+        The folder; created if needed.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.url = f"file://{self.root}"
+        try:
+            (self.root / "blocks").mkdir(parents=True, exist_ok=True)
+            (self.root / "stages").mkdir(exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"graph store {self.root}: cannot create it ({error.strerror})") from None
+        if not os.access(self.root, os.W_OK):
+            raise StoreError(f"graph store {self.root}: folder is not writable")
+        self.lut_dir = self.root / "luts"
+
+    def __repr__(self) -> str:
+        return f"FileGraphStore({str(self.root)!r})"
+
+    def _stage_dir(self, stage: str) -> Path:
+        if not stage or "/" in stage or stage.startswith("."):
+            raise StoreError(f"invalid stage name {stage!r}")
+        return self.root / "blocks" / stage
+
+    def _block_files(self, stage: str | None = None) -> list[tuple[str, int, Path]]:
+        stages = [stage] if stage else sorted(p.name for p in (self.root / "blocks").iterdir() if p.is_dir())
+        found = []
+        for name in stages:
+            folder = self._stage_dir(name)
+            if not folder.exists():
+                continue
+            for path in folder.iterdir():
+                if path.suffix == ".npz" and _TMP not in path.name and path.stem.isdigit():
+                    found.append((name, int(path.stem), path))
+        return sorted(found, key=lambda item: (item[0], item[1]))
+
+    # -- writing -----------------------------------------------------------
+    def commit_block(self, stage: str, block_id: int, output: BlockOutput) -> None:
+        output.check()
+        folder = self._stage_dir(stage)
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {}
+        if output.nodes is not None:
+            n = output.nodes
+            arrays.update(node_ids=n.ids.astype(np.uint64), node_centers=n.centers.astype(np.float64),
+                          node_sizes=n.sizes.astype(np.int64))
+            arrays.update({f"node_attr_{k}": v for k, v in n.attrs.items()})
+        if output.edges is not None:
+            e = output.edges
+            arrays.update(edge_u=e.u.astype(np.uint64), edge_v=e.v.astype(np.uint64),
+                          edge_scores=e.scores.astype(np.float32))
+            arrays.update({f"edge_attr_{k}": v for k, v in e.attrs.items()})
+        if output.result is not None:
+            arrays["result"] = np.frombuffer(output.result, dtype=np.uint8)
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        _atomic_write_bytes(folder / f"{int(block_id)}.npz", buffer.getvalue())
+
+    def drop_stage(self, stage: str) -> None:
+        folder = self._stage_dir(stage)
+        state = self.root / "stages" / f"{stage}.json"
+        # forget the state first: a crash halfway leaves a stage that reruns
+        if state.exists():
+            state.unlink()
+        if folder.exists():
+            trash = folder.with_name(f".trash-{stage}-{uuid.uuid4().hex}")
+            os.replace(folder, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def set_stage_state(self, stage: str, state: StageState) -> None:
+        self._stage_dir(stage)  # validates the name
+        text = json.dumps({"fingerprint": state.fingerprint, "token": state.token})
+        _atomic_write_bytes(self.root / "stages" / f"{stage}.json", text.encode())
+
+    def write_meta(self, meta: dict) -> None:
+        _atomic_write_bytes(self.root / "meta.json", json.dumps(meta, sort_keys=True).encode())
+
+    # -- reading -----------------------------------------------------------
+    def read_meta(self) -> dict | None:
+        path = self.root / "meta.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def done_blocks(self, stage: str) -> set[int]:
+        return {block for _, block, _ in self._block_files(stage)}
+
+    def stage_state(self, stage: str) -> StageState | None:
+        path = self.root / "stages" / f"{stage}.json"
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        return StageState(data["fingerprint"], data["token"])
+
+    def block_results(self, stage: str) -> dict[int, bytes]:
+        results = {}
+        for _, block, path in self._block_files(stage):
+            with np.load(path, allow_pickle=False) as archive:
+                if "result" in archive.files:
+                    results[block] = archive["result"].tobytes()
+        return results
+
+    def _load_nodes(self, path: Path) -> Nodes | None:
+        with np.load(path, allow_pickle=False) as archive:
+            if "node_ids" not in archive.files:
+                return None
+            attrs = {k[len("node_attr_"):]: archive[k] for k in archive.files if k.startswith("node_attr_")}
+            return Nodes(archive["node_ids"], archive["node_centers"], archive["node_sizes"], attrs)
+
+    def _load_edges(self, path: Path) -> Edges | None:
+        with np.load(path, allow_pickle=False) as archive:
+            if "edge_u" not in archive.files:
+                return None
+            attrs = {k[len("edge_attr_"):]: archive[k] for k in archive.files if k.startswith("edge_attr_")}
+            return Edges(archive["edge_u"], archive["edge_v"], archive["edge_scores"], attrs)
+
+    def read_nodes(self, roi: Roi | None = None) -> Nodes:
+        parts = []
+        for _, _, path in self._block_files():
+            nodes = self._load_nodes(path)
+            if nodes is not None and len(nodes):
+                parts.append(nodes.take(nodes_in_roi(nodes, roi)))
+        nodes = concatenate_nodes(parts)
+        return nodes.take(np.argsort(nodes.ids, kind="stable"))
+
+    def read_edges(self, roi: Roi | None = None) -> Edges:
+        edges = concatenate_edges(list(self.iter_edges()))
+        if roi is not None and len(edges):
+            inside = self.read_nodes(roi).ids
+            edges = edges.take(np.isin(edges.u, inside) | np.isin(edges.v, inside))
+        return edges.take(np.lexsort((edges.v, edges.u)))
+
+    def iter_edges(self, chunk_size: int = 1_000_000) -> Iterator[Edges]:
+        pending: list[Edges] = []
+        count = 0
+        for _, _, path in self._block_files():
+            edges = self._load_edges(path)
+            if edges is None or not len(edges):
+                continue
+            pending.append(edges)
+            count += len(edges)
+            if count >= chunk_size:
+                yield concatenate_edges(pending)
+                pending, count = [], 0
+        if pending:
+            yield concatenate_edges(pending)
+
+    def read_graph(self, roi: Roi | None = None) -> nx.Graph:
+        return graph_from(self.read_nodes(roi), self.read_edges(roi))
+
+    def close(self) -> None:
+        """Nothing to release: every call opens and closes its files."""
