@@ -135,7 +135,7 @@ def local_shape_descriptors(
     >>> lsds = local_shape_descriptors(labels, sigma=2.0, components="0129")
     >>> lsds.shape
     (4, 9, 9, 9)
-    >>> lsds[:, 4, 4, 4].round(3).tolist()          # centred: offsets 0.5
+    >>> [round(float(v), 3) for v in lsds[:, 4, 4, 4]]   # centred: offsets 0.5
     [0.5, 0.5, 0.5, 0.501]
     """
     labels = _check_labels(labels)
@@ -326,7 +326,7 @@ def _moment_kernels(sigma_voxels: float, step_nm: float, max_order: int) -> list
     Examples
     --------
     >>> [k.round(3).tolist() for k in _moment_kernels(0.4, 10.0, 1)]
-    [[0.002, 0.998, 0.002], [-0.02, 0.0, 0.02]]
+    [[0.04, 0.919, 0.04], [-0.404, 0.0, 0.404]]
     """
     radius = _radius(sigma_voxels)
     steps = np.arange(-radius, radius + 1, dtype=np.float64)
