@@ -50,7 +50,9 @@ def make_block(block_id: int, nodes_per_block: int, ids_per_block: int, seed: in
     u = rng.integers(0, nodes_per_block, size=EDGES_PER_BLOCK * 2)
     v = rng.integers(0, 2 * nodes_per_block, size=EDGES_PER_BLOCK * 2)
     u_ids = ids[u]
-    v_ids = np.uint64(base + 1) + v.astype(np.uint64)
+    # the first half of v are this block's nodes, the second half the next block's
+    local = np.where(v < nodes_per_block, v, v - nodes_per_block + ids_per_block)
+    v_ids = np.uint64(base + 1) + local.astype(np.uint64)
     keep = u_ids < v_ids
     pairs = np.unique(np.stack([u_ids[keep], v_ids[keep]], axis=1), axis=0)[:EDGES_PER_BLOCK]
     scores = rng.random(len(pairs), dtype=np.float32)
@@ -73,6 +75,10 @@ def write_store(url: str, blocks: int, nodes_per_block: int, seed: int) -> tuple
         shift = np.uint64((block_id - block_id % len(generated)) * ids_per_block)
         nodes = type(nodes)(nodes.ids + shift, nodes.centers, nodes.sizes)
         edges = type(edges)(edges.u + shift, edges.v + shift, edges.scores)
+        if block_id == blocks - 1:
+            # the last block has no next block to reach into
+            inside = edges.v < np.uint64((block_id + 1) * ids_per_block)
+            edges = type(edges)(edges.u[inside], edges.v[inside], edges.scores[inside])
         store.commit_block("fragments", block_id, BlockOutput(nodes=nodes))
         store.commit_block("agglomerate", block_id, BlockOutput(edges=edges))
         written += len(edges)

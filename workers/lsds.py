@@ -60,6 +60,10 @@ TRUNCATE = 3.0
 # does, so a flat (one-voxel-thick) window gives a finite Pearson.
 MIN_VARIANCE = 1e-3
 
+# Voxels per slab in the passes after the first (see _window_moments): a
+# slab's moments take about ten times this many float64s.
+_SLAB_VOXELS = 1 << 20
+
 SigmaLike = Union[float, Sequence[float]]
 ComponentsLike = Union[str, Sequence[int], None]
 
@@ -152,9 +156,8 @@ def local_shape_descriptors(
     # The downsampled grid keeps every downsample-th voxel from the origin.
     sub_labels = labels[(slice(None, None, downsample),) * ndim]
     sub_voxel_nm = tuple(v * downsample for v in voxel_nm)
-    kernels = [
-        _moment_kernels(s / v, v, _max_order(channels, ndim)) for s, v in zip(sigma_nm, sub_voxel_nm)
-    ]
+    max_order = _max_order(channels, ndim)
+    filters = [_AxisFilter(np.stack(_moment_kernels(s / v, v, max_order))) for s, v in zip(sigma_nm, sub_voxel_nm)]
 
     # Compact ids so find_objects needs one slot per object, not per id.
     compact, _ = fastremap.renumber(labels, preserve_zero=True, in_place=False)
@@ -162,7 +165,7 @@ def local_shape_descriptors(
     for index, box in enumerate(ndimage.find_objects(compact)):
         if box is None:
             continue
-        _one_object(compact, sub_compact, index + 1, box, downsample, kernels, sigma_nm, channels, out)
+        _one_object(compact, sub_compact, index + 1, box, downsample, filters, sigma_nm, channels, out)
     return out
 
 
@@ -224,7 +227,7 @@ def _one_object(
     label: int,
     box: tuple[slice, ...],
     downsample: int,
-    kernels: list[list[np.ndarray]],
+    filters: list[_AxisFilter],
     sigma_nm: tuple[float, ...],
     channels: list[int],
     out: np.ndarray,
@@ -239,37 +242,122 @@ def _one_object(
     mask = (sub_compact[sub_box] == label).astype(np.float64)
     points = tuple(v // downsample - s.start for v, s in zip(voxels, sub_box))
 
-    moments = _window_moments(mask, kernels, points)
+    moments = _window_moments(mask, filters, points)
     out[(slice(None),) + voxels] = _descriptors(moments, sigma_nm, channels)
 
 
 def _window_moments(
-    mask: np.ndarray, kernels: list[list[np.ndarray]], points: tuple[np.ndarray, ...]
+    mask: np.ndarray, filters: list[_AxisFilter], points: tuple[np.ndarray, ...]
 ) -> dict[tuple[int, ...], np.ndarray]:
     """Gaussian-weighted displacement moments of ``mask`` at ``points``.
 
     ``moments[(a, b, c)][i]`` is the sum over mask voxels ``q`` of
-    ``g(q - p) * dz**a * dy**b * dx**c``, ``d = q - p`` in nm, ``p`` the
-    i-th point. The Gaussian is separable, so each moment is one 1D pass
-    per axis; passes are shared through a tree (axis 0 splits into orders
-    0..k, axis 1 splits each of those...), and only the values at ``points``
-    are kept from each leaf, so at most one array per axis is alive.
+    ``g(q - p) * dz**a * dy**b * dx**c`` with ``d = q - p`` in nm and ``p``
+    the i-th point (``points`` sorted along axis 0, as ``np.nonzero`` gives
+    them). The Gaussian is separable, so a moment is one 1D pass per axis,
+    and passes are shared: axis 0 splits the mask into orders 0..k, axis 1
+    splits each of those into the orders still allowed, and so on.
+
+    Passes after the first never mix along axis 0, so they run on slabs of
+    axis 0 and keep only the values at the slab's points: memory stays a
+    few copies of the box, however many moments there are.
     """
-    ndim = mask.ndim
-    max_order = len(kernels[0]) - 1
+    max_order = filters[0].max_order
+    first = filters[0](mask, axis=0, orders=max_order + 1)
+    plane = int(np.prod(mask.shape[1:]))
+    thickness = max(1, _SLAB_VOXELS // max(plane, 1))
     moments: dict[tuple[int, ...], np.ndarray] = {}
+    for start in range(0, mask.shape[0], thickness):
+        stop = min(start + thickness, mask.shape[0])
+        lo, hi = np.searchsorted(points[0], [start, stop])
+        if lo == hi:
+            continue
+        slab_points = (points[0][lo:hi] - start,) + tuple(p[lo:hi] for p in points[1:])
+        partial = {(order,): first[order, start:stop] for order in range(max_order + 1)}
+        for axis in range(1, mask.ndim):
+            partial = {
+                exponents + (order,): filtered
+                for exponents, array in partial.items()
+                for order, filtered in enumerate(
+                    filters[axis](array, axis=axis, orders=max_order - sum(exponents) + 1)
+                )
+            }
+        for exponents, array in partial.items():
+            moments.setdefault(exponents, []).append(array[slab_points])
+    return {exponents: np.concatenate(parts) for exponents, parts in moments.items()}
 
-    def descend(array: np.ndarray, axis: int, exponents: tuple[int, ...]) -> None:
-        for order in range(max_order - sum(exponents) + 1):
-            # zeros beyond the box: exactly what the whole volume holds there
-            filtered = ndimage.correlate1d(array, kernels[axis][order], axis=axis, mode="constant", cval=0.0)
-            if axis == ndim - 1:
-                moments[exponents + (order,)] = filtered[points]
-            else:
-                descend(filtered, axis + 1, exponents + (order,))
 
-    descend(mask, 0, ())
-    return moments
+class _AxisFilter:
+    """The moment kernels of one axis, applied along an axis as matrix products.
+
+    A 1D correlation with zeros beyond the array is a product with a banded
+    Toeplitz matrix; BLAS runs those several times faster than a tap-by-tap
+    loop (``ndimage.correlate1d``), even counting the zeros it multiplies.
+    Long axes are cut into chunks so the zeros stay a small multiple of the
+    band.
+
+    Parameters
+    ----------
+    kernels : ndarray, shape (orders, 2 * radius + 1)
+        ``kernels[k, radius + j]`` weighs the input ``j`` voxels after the
+        output voxel, as in :func:`_moment_kernels`.
+
+    Examples
+    --------
+    >>> from scipy import ndimage
+    >>> kernels = np.stack(_moment_kernels(1.5, 4.0, 2))
+    >>> array = np.random.default_rng(0).random((5, 300))
+    >>> filtered = _AxisFilter(kernels)(array, axis=1, orders=3)
+    >>> expected = ndimage.correlate1d(array, kernels[2], axis=1, mode="constant")
+    >>> bool(np.allclose(filtered[2], expected))
+    True
+    """
+
+    def __init__(self, kernels: np.ndarray) -> None:
+        self.kernels = kernels
+        self.max_order = kernels.shape[0] - 1
+        self.radius = kernels.shape[1] // 2
+        # Output rows per product: wide enough that the band (2 radius + 1
+        # columns) is most of the columns each chunk reads.
+        self.chunk = max(64, 4 * self.radius)
+        self._matrices: dict[int, np.ndarray] = {}
+
+    def matrix(self, length: int) -> np.ndarray:
+        """``(orders, length, length)`` banded matrices, cached per length."""
+        if length not in self._matrices:
+            offsets = np.arange(length)[None, :] - np.arange(length)[:, None]
+            inside = np.abs(offsets) <= self.radius
+            taps = np.clip(offsets + self.radius, 0, 2 * self.radius)
+            self._matrices[length] = np.where(inside, self.kernels[:, taps], 0.0)
+        return self._matrices[length]
+
+    def chunks(self, length: int) -> list[tuple[int, int, int, int]]:
+        """``(start, stop, lo, hi)``: output rows and the input rows they read."""
+        return [
+            (start, min(start + self.chunk, length), max(0, start - self.radius),
+             min(length, start + self.chunk + self.radius))
+            for start in range(0, length, self.chunk)
+        ]
+
+    def __call__(self, array: np.ndarray, axis: int, orders: int) -> np.ndarray:
+        """``(orders,) + array.shape``: ``array`` correlated with kernels ``0..orders-1``."""
+        array = np.ascontiguousarray(array)
+        length = array.shape[axis]
+        matrix = self.matrix(length)
+        out = np.empty((orders,) + array.shape)
+        if axis == array.ndim - 1:
+            rows, out_rows = array.reshape(-1, length), out.reshape(orders, -1, length)
+            for start, stop, lo, hi in self.chunks(length):
+                for order in range(orders):
+                    np.matmul(rows[:, lo:hi], matrix[order, start:stop, lo:hi].T, out=out_rows[order, :, start:stop])
+        else:
+            before = int(np.prod(array.shape[:axis]))
+            cols = array.reshape(before, length, -1)
+            out_cols = out.reshape(orders, before, length, cols.shape[2])
+            for start, stop, lo, hi in self.chunks(length):
+                for order in range(orders):
+                    np.matmul(matrix[order, start:stop, lo:hi], cols[:, lo:hi], out=out_cols[order, :, start:stop])
+        return out
 
 
 def _descriptors(

@@ -203,8 +203,12 @@ class LutFolder:
     lut_dir: Path
 
     def write_lut(self, threshold: float, fragment_ids: np.ndarray, segment_ids: np.ndarray) -> None:
-        order = np.argsort(fragment_ids, kind="stable")
-        write_lut(self.lut_dir, threshold, np.asarray(fragment_ids)[order], np.asarray(segment_ids)[order])
+        fragment_ids = np.asarray(fragment_ids)
+        segment_ids = np.asarray(segment_ids)
+        if len(fragment_ids) > 1 and not bool(np.all(fragment_ids[1:] > fragment_ids[:-1])):
+            order = np.argsort(fragment_ids, kind="stable")
+            fragment_ids, segment_ids = fragment_ids[order], segment_ids[order]
+        write_lut(self.lut_dir, threshold, fragment_ids, segment_ids)
 
     def read_lut(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
         path = self.lut_path(threshold)
