@@ -185,7 +185,9 @@ def _contour(labels: np.ndarray, thickness: int) -> np.ndarray:
     # the ball differs from its own label; one grey dilation and one erosion
     # with an L1 ball of radius `thickness` do that for all voxels at once.
     # mode="nearest" only repeats voxels already inside the ball, so the
-    # array's edge is never a boundary.
+    # array's edge is never a boundary. Only equality matters, so dense ids
+    # first: scipy's rank filters round uint64 ids above 2**53.
+    labels, _ = fastremap.renumber(labels, preserve_zero=True, in_place=False)
     ball = ndi.iterate_structure(ndi.generate_binary_structure(labels.ndim, 1), thickness)
     highest = ndi.maximum_filter(labels, footprint=ball, mode="nearest")
     lowest = ndi.minimum_filter(labels, footprint=ball, mode="nearest")
@@ -552,8 +554,12 @@ def _context_voxels(
     if name in ("D", "Dv2"):
         # Contours at distance >= clip do not change a saturated value, and
         # one at distance < clip is fewer than ceil(clip / size) voxels away
-        # along every axis; its contour test looks `thickness` further.
+        # along every axis; its contour test looks `thickness` further. The
+        # voxel this keeps to spare covers a contour exactly at the clip whose
+        # float distance rounds just below it.
         return [thickness + math.ceil(clip / size) for size in spacing]
+    # An instance of n voxels that reaches the write ROI ends at most n - 1
+    # voxels outside it; n <= ceil(extent / size).
     return [math.ceil(e / size) for e, size in zip(extent, spacing)]  # "P"
 
 

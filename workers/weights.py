@@ -122,11 +122,15 @@ def ridge_mask(labels: np.ndarray, connectivity: int | None = None) -> np.ndarra
         raise ValueError(f"connectivity must lie in [1, {labels.ndim}], got {connectivity!r}")
     footprint = ndi.generate_binary_structure(labels.ndim, connectivity)
     # A larger instance nearby raises the max; a smaller one lowers the min
-    # once background is lifted to the top of the dtype, where it can never
-    # be a smaller neighbour. mode="nearest" repeats only voxels already in
-    # the neighbourhood, so the array's edge creates no ridge.
+    # once background is lifted to the largest label, where it can never be
+    # a smaller neighbour (lifting to the dtype's top would overflow inside
+    # scipy's filters). mode="nearest" repeats only voxels already in the
+    # neighbourhood, so the array's edge creates no ridge. Only equality
+    # matters, so dense ids first: scipy's rank filters round uint64 ids
+    # above 2**53.
+    labels, _ = fastremap.renumber(labels, preserve_zero=True, in_place=False)
     highest = ndi.maximum_filter(labels, footprint=footprint, mode="nearest")
-    lifted = np.where(labels == 0, np.iinfo(labels.dtype).max, labels).astype(labels.dtype)
+    lifted = np.where(labels == 0, labels.max(initial=0), labels).astype(labels.dtype)
     lowest = ndi.minimum_filter(lifted, footprint=footprint, mode="nearest")
     return (labels != 0) & ((highest != labels) | (lowest != labels))
 
@@ -216,7 +220,7 @@ def instance_distances(
     for index, box in enumerate(ndi.find_objects(compact), start=1):
         if box is None:
             continue
-        crop = box if clip is None else _grow(box, spacing, clip, labels.shape)
+        crop = (slice(None),) * labels.ndim if clip is None else _grow(box, spacing, clip, labels.shape)
         distance = ndi.distance_transform_edt(compact[crop] != index, sampling=spacing)
         if clip is not None:
             np.minimum(distance, clip, out=distance)
@@ -551,8 +555,8 @@ def logconv_distance(
         distance = -lmbda * np.log(total)
     # The mask voxel itself contributes exp(0) = 1 and its neighbours a
     # little more, so the raw value dips below 0 on the mask: a distance
-    # cannot, and 0 is the exact value there.
-    return np.maximum(distance, 0.0).astype(dtype)
+    # cannot, and 0 is the exact value there (+ 0.0 turns -0.0 into 0.0).
+    return (np.maximum(distance, 0.0) + 0.0).astype(dtype)
 
 
 def logconv_instance_distances(
@@ -677,7 +681,7 @@ def _torch_logconv() -> type:
             for axis in range(1, total.dim()):
                 total = self._convolve_along(total, axis)
             distance = -self.lmbda * torch.log(total)
-            return torch.clamp(distance, min=0.0)
+            return torch.clamp(distance, min=0.0) + 0.0  # as logconv_distance, no -0.0
 
         def _convolve_along(self, values: "torch.Tensor", axis: int) -> "torch.Tensor":
             moved = values.movedim(axis, -1)
@@ -688,7 +692,10 @@ def _torch_logconv() -> type:
 
         def forward(self, labels: "torch.Tensor") -> "torch.Tensor":
             if labels.dim() not in (3, 4) or labels.is_floating_point():
-                raise ValueError(f"labels must be integer (batch, *spatial) with 2 or 3 spatial dims, got {labels.dtype} {tuple(labels.shape)}")
+                raise ValueError(
+                    "labels must be integer (batch, *spatial) with 2 or 3 spatial dims, "
+                    f"got {labels.dtype} {tuple(labels.shape)}"
+                )
             # Dense ids 1..K (0 stays 0) so the one-hot stack has K channels
             # however large the ids are.
             labels = labels.to(torch.int64)
@@ -705,7 +712,9 @@ def _torch_logconv() -> type:
                 distances = torch.cat([distances, torch.full_like(distances, float("inf"))], dim=1)
             return torch.topk(distances, 2, dim=1, largest=False, sorted=True).values
 
-        def weights(self, labels: "torch.Tensor", bws: float = 10.0, fds: float = 10.0, bwf: float = 10.0, fbr: float = 0.1) -> "torch.Tensor":
+        def weights(
+            self, labels: "torch.Tensor", bws: float = 10.0, fds: float = 10.0, bwf: float = 10.0, fbr: float = 0.1
+        ) -> "torch.Tensor":
             _check_weight_parameters(bws, fds, bwf, fbr, 1.0)
             instances = torch.where(self._ridges(labels), torch.zeros_like(labels), labels)
             d1, d2 = self.forward(instances).unbind(1)
