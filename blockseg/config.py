@@ -40,8 +40,14 @@ def _non_negative(values: Optional[list[int]], name: str) -> Optional[list[int]]
 class InputConfig(_Strict):
     """The datasets a run reads, as ``container.zarr/dataset``."""
 
-    affinities: str = Field(description="affinities (c, z, y, x), float in [0, 1] or uint8 scaled by 255")
-    ground_truth: Optional[str] = Field(None, description="instance labels for evaluation; 0 is ignored")
+    affinities: Optional[str] = Field(None, description="affinities (c, z, y, x), float in [0, 1] or uint8 x 255")
+    ground_truth: Optional[str] = Field(None, description="instance labels: for evaluation and training targets")
+
+    @model_validator(mode="after")
+    def _something(self) -> "InputConfig":
+        if not self.affinities and not self.ground_truth:
+            raise ValueError("give input.affinities (to segment) or input.ground_truth (for targets), or both")
+        return self
 
 
 class FragmentsConfig(_Strict):
@@ -110,7 +116,45 @@ class EvaluateConfig(_Strict):
     enabled: bool = True
 
 
+class LsdsConfig(_Strict):
+    """Local shape descriptors of the ground truth (training targets)."""
+
+    sigma: float | list[float] = Field(description="Gaussian sigma in nm (one value or per axis)")
+    downsample: int = Field(1, ge=1, description="compute on a grid this many times coarser, as the reference does")
+    components: Optional[str] = Field(None, description="channels to keep, e.g. '0129'; default: all 10")
+    chunk_shape: Optional[list[int]] = None
+
+    _chunk = field_validator("chunk_shape")(lambda v: _positive(v, "chunk_shape"))
+
+
+class ChannelsConfig(_Strict):
+    """BiaPy channels of the ground truth (training targets)."""
+
+    channel_set: str = Field("BC", description="BC, BP, BCM, BCD, BCDv2, Dv2 or BDv2")
+    contour_thickness: int = Field(1, ge=1)
+    distance_clip: Optional[float] = Field(None, gt=0, description="nm where D / Dv2 saturate (needed for them)")
+    max_object_extent: Optional[float] = Field(None, gt=0, description="nm, needed for P: its context")
+    chunk_shape: Optional[list[int]] = None
+
+    _chunk = field_validator("chunk_shape")(lambda v: _positive(v, "chunk_shape"))
+
+
+class WeightsConfig(_Strict):
+    """deepflash2 U-Net weight maps of the ground truth (training targets)."""
+
+    bws: float = Field(10.0, gt=0, description="border weight sigma, nm")
+    fds: float = Field(10.0, gt=0, description="foreground distance sigma, nm")
+    bwf: float = Field(10.0, ge=0, description="border weight factor")
+    fbr: float = Field(0.1, ge=0, le=1, description="foreground / background ratio")
+    chunk_shape: Optional[list[int]] = None
+
+    _chunk = field_validator("chunk_shape")(lambda v: _positive(v, "chunk_shape"))
+
+
 class StagesConfig(_Strict):
+    lsds: Optional[LsdsConfig] = None
+    channels: Optional[ChannelsConfig] = None
+    weights: Optional[WeightsConfig] = None
     fragments: FragmentsConfig = Field(default_factory=FragmentsConfig)
     agglomerate: AgglomerateConfig = Field(default_factory=AgglomerateConfig)
     segments: SegmentsConfig = Field(default_factory=SegmentsConfig)

@@ -39,7 +39,8 @@ from workers import evaluate as evaluate_worker
 
 log = logging.getLogger("blockseg")
 
-STAGE_ORDER = ("check", "fragments", "agglomerate", "segments", "relabel", "evaluate")
+STAGE_ORDER = ("lsds", "channels", "weights", "check", "fragments", "agglomerate", "segments", "relabel", "evaluate")
+TARGET_STAGES = ("lsds", "channels", "weights")
 
 
 class InputError(ValueError):
@@ -62,7 +63,7 @@ class Run:
 
     config: PipelineConfig
     store: GraphStore
-    affinities: Volume
+    affinities: Volume | None
     ground_truth: Volume | None
     total_roi: Roi
     reports: dict[str, StageReport] = field(default_factory=dict)
@@ -70,8 +71,15 @@ class Run:
     client: Client | None = None
 
     @property
+    def reference(self) -> Volume:
+        """The input that fixes the voxel size and the ROI: affinities, else ground truth."""
+        volume = self.affinities if self.affinities is not None else self.ground_truth
+        assert volume is not None  # the config requires one of them
+        return volume
+
+    @property
     def voxel_size(self) -> tuple[int, ...]:
-        return self.affinities.voxel_size
+        return self.reference.voxel_size
 
     @property
     def output_dir(self) -> Path:
@@ -127,14 +135,22 @@ def open_run(config: PipelineConfig, restart: bool = False) -> Run:
     InputError, ConfigError, StoreError
         With a one-line message, before anything is written.
     """
-    affinities = _open_input(config.resolve(config.input.affinities), "input.affinities")
-    _check_affinities(affinities)
+    affinities = None
+    if config.input.affinities:
+        affinities = _open_input(config.resolve(config.input.affinities), "input.affinities")
+        _check_affinities(affinities)
     truth = None
     if config.input.ground_truth:
         truth = _open_input(config.resolve(config.input.ground_truth), "input.ground_truth")
         _check_ground_truth(truth, affinities)
-    total_roi = _total_roi(config, affinities)
-    _check_blocks(config, affinities, total_roi)
+    reference = affinities if affinities is not None else truth
+    assert reference is not None  # the config requires one of them
+    total_roi = _total_roi(config, reference)
+    _check_blocks(config, reference, total_roi)
+    check_targets(config, reference.voxel_size)
+    wanted = [n for n in TARGET_STAGES if getattr(config.stages, n) is not None]
+    if wanted and truth is None:
+        raise ConfigError(f"config error: stages.{wanted[0]}: needs input.ground_truth")
     output_dir = config.output_dir
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"config error: output: {output_dir} exists and is not a folder")
@@ -145,7 +161,7 @@ def open_run(config: PipelineConfig, restart: bool = False) -> Run:
     if not os.access(output_dir, os.W_OK):
         raise ConfigError(f"config error: output: {output_dir} is not writable")
     store = open_store(config.graph_url)
-    meta = _store_meta(config, affinities, total_roi)
+    meta = _store_meta(config, reference, total_roi)
     written = store.read_meta()
     if written is not None and written != meta and not restart:
         store.close()
@@ -159,12 +175,12 @@ def open_run(config: PipelineConfig, restart: bool = False) -> Run:
     return Run(config, store, affinities, truth, total_roi)
 
 
-def _store_meta(config: PipelineConfig, affinities: Volume, total_roi: Roi) -> dict:
+def _store_meta(config: PipelineConfig, reference: Volume, total_roi: Roi) -> dict:
     """What a graph store's rows are tied to: the block grid and the input."""
     return {
         "block_shape": list(config.block_shape),
         "roi": [list(total_roi.offset), list(total_roi.shape)],
-        "affinities": affinities.url,
+        "input": reference.url,
         "ids_per_block": config.stages.fragments.ids_per_block,
     }
 
@@ -190,19 +206,20 @@ def _check_affinities(affinities: Volume) -> None:
         )
 
 
-def _check_ground_truth(truth: Volume, affinities: Volume) -> None:
+def _check_ground_truth(truth: Volume, affinities: Volume | None) -> None:
     if not np.issubdtype(truth.dtype, np.integer):
         raise InputError(f"input.ground_truth: {truth.url} has dtype {truth.dtype}; expected integer labels")
     if truth.channel_shape:
         raise InputError(f"input.ground_truth: {truth.url} must have axes (z, y, x), got shape {truth.array.shape}")
-    if truth.voxel_size != affinities.voxel_size:
+    if affinities is not None and truth.voxel_size != affinities.voxel_size:
         raise InputError(
             f"input.ground_truth: voxel_size {list(truth.voxel_size)} nm does not match "
             f"input.affinities voxel_size {list(affinities.voxel_size)} nm"
         )
 
 
-def _total_roi(config: PipelineConfig, affinities: Volume) -> Roi:
+def _total_roi(config: PipelineConfig, reference: Volume) -> Roi:
+    affinities = reference
     if config.roi is None:
         return affinities.roi
     try:
@@ -212,12 +229,12 @@ def _total_roi(config: PipelineConfig, affinities: Volume) -> Roi:
     if roi.dims != 3 or not roi.is_aligned(affinities.voxel_size):
         raise ConfigError(f"config error: roi: {roi} must be 3D and aligned to the voxel size {list(affinities.voxel_size)}")
     if not affinities.roi.contains(roi):
-        raise ConfigError(f"config error: roi: {roi} is not inside input.affinities {affinities.roi}")
+        raise ConfigError(f"config error: roi: {roi} is not inside the input {affinities.url} {affinities.roi}")
     return roi
 
 
-def _check_blocks(config: PipelineConfig, affinities: Volume, total_roi: Roi) -> None:
-    voxel_size = affinities.voxel_size
+def _check_blocks(config: PipelineConfig, reference: Volume, total_roi: Roi) -> None:
+    voxel_size = reference.voxel_size
     block = config.block_shape
     if len(block) != 3:
         raise ConfigError(f"config error: block_shape: expected 3 values (z, y, x) in nm, got {block}")
@@ -226,6 +243,11 @@ def _check_blocks(config: PipelineConfig, affinities: Volume, total_roi: Roi) ->
     for key, chunk in (
         ("stages.fragments.chunk_shape", config.stages.fragments.chunk_shape),
         ("stages.relabel.chunk_shape", config.stages.relabel.chunk_shape),
+        *(
+            (f"stages.{name}.chunk_shape", getattr(config.stages, name).chunk_shape)
+            for name in ("lsds", "channels", "weights")
+            if getattr(config.stages, name) is not None
+        ),
     ):
         if chunk is None:
             continue
@@ -365,13 +387,13 @@ def _evaluate_finish(run: Run) -> None:
 
 
 def _registry() -> dict[str, Stage]:
-    always = lambda run: True  # noqa: E731
+    always = lambda run: run.affinities is not None  # noqa: E731 - the segmentation stages need affinities
     none: Callable[[Run], list[OutputSpec]] = lambda run: []  # noqa: E731
     stages = [
         Stage(
             "check",
             needs=(),
-            enabled=lambda run: run.config.scheduler.check_inputs,
+            enabled=lambda run: run.affinities is not None and run.config.scheduler.check_inputs,
             params=lambda run: {},
             outputs=none,
             context=lambda run: None,
@@ -450,7 +472,9 @@ def _registry() -> dict[str, Stage]:
         Stage(
             "evaluate",
             needs=("fragments", "segments"),
-            enabled=lambda run: run.ground_truth is not None and run.config.stages.evaluate.enabled,
+            enabled=lambda run: (
+                run.affinities is not None and run.ground_truth is not None and run.config.stages.evaluate.enabled
+            ),
             params=lambda run: {},
             outputs=none,
             context=lambda run: None,
@@ -462,7 +486,105 @@ def _registry() -> dict[str, Stage]:
             finish=_evaluate_finish,
         ),
     ]
+    stages += [_target_stage(name) for name in TARGET_STAGES]
     return {stage.name: stage for stage in stages}
+
+
+# -- training targets ----------------------------------------------------------
+
+
+def _target_params(run: Run, name: str) -> dict:
+    """Keyword arguments of the worker function, from the stage's config."""
+    cfg = getattr(run.config.stages, name)
+    if name == "lsds":
+        return {"sigma": cfg.sigma, "downsample": cfg.downsample, "components": cfg.components}
+    if name == "channels":
+        return {"channel_set": cfg.channel_set, "contour_thickness": cfg.contour_thickness, "distance_clip": cfg.distance_clip}
+    return {"bws": cfg.bws, "fds": cfg.fds, "bwf": cfg.bwf, "fbr": cfg.fbr}
+
+
+def _target_context(run: Run, name: str) -> tuple[int, ...]:
+    from workers import channels as channels_worker
+    from workers import lsds as lsds_worker
+    from workers import weights as weights_worker
+
+    cfg = getattr(run.config.stages, name)
+    voxel_size = run.voxel_size
+    if name == "lsds":
+        context = lsds_worker.lsd_context(cfg.sigma, voxel_size, cfg.downsample)
+    elif name == "channels":
+        context = channels_worker.channels_context(
+            cfg.channel_set, voxel_size=voxel_size, contour_thickness=cfg.contour_thickness,
+            distance_clip=cfg.distance_clip, max_object_extent=cfg.max_object_extent,
+        )
+    else:
+        context = weights_worker.weights_context(cfg.bws, cfg.fds, voxel_size, bwf=cfg.bwf, fbr=cfg.fbr)
+    # whole voxels, rounded up
+    return tuple(int(-(-c // v) * v) for c, v in zip(context, voxel_size))
+
+
+def _target_channels(run: Run, name: str) -> tuple[int, ...]:
+    from workers import channels as channels_worker
+    from workers import lsds as lsds_worker
+
+    cfg = getattr(run.config.stages, name)
+    if name == "lsds":
+        count = len(cfg.components) if cfg.components else lsds_worker.num_channels(3)
+        return (count,)
+    if name == "channels":
+        return (len(channels_worker.channel_names(cfg.channel_set)),)
+    return ()
+
+
+def _target_stage(name: str) -> Stage:
+    def enabled(run: Run) -> bool:
+        return getattr(run.config.stages, name) is not None and run.ground_truth is not None
+
+    return Stage(
+        name,
+        needs=(),
+        enabled=enabled,
+        params=lambda run: {**_target_params(run, name), "context": _target_context(run, name)},
+        outputs=lambda run: [
+            OutputSpec(
+                run.dataset_url(name), "float32",
+                _chunk_shape(run, getattr(run.config.stages, name).chunk_shape), _target_channels(run, name),
+            )
+        ],
+        context=lambda run: _target_context(run, name),
+        block_function=lambda run: functools.partial(
+            block_functions.targets_block,
+            labels_url=run.ground_truth.url,
+            output_url=run.dataset_url(name),
+            target=name,
+            params=_target_params(run, name),
+        ),
+    )
+
+
+def check_targets(config: PipelineConfig, voxel_size: Sequence[int]) -> None:
+    """Let the worker functions judge the target parameters once, before any block runs."""
+    from workers import channels as channels_worker
+    from workers import lsds as lsds_worker
+
+    stages = config.stages
+    try:
+        if stages.lsds is not None:
+            lsds_worker.lsd_context(stages.lsds.sigma, voxel_size, stages.lsds.downsample)
+            lsds_worker._parse_components(stages.lsds.components, 3)
+            step = [stages.lsds.downsample * v for v in voxel_size]
+            if any(b % s for b, s in zip(config.block_shape, step)):
+                raise ValueError(
+                    f"block_shape {config.block_shape} nm must be a multiple of downsample x voxel size {step} nm"
+                )
+        if stages.channels is not None:
+            channels_worker.channels_context(
+                stages.channels.channel_set, voxel_size=voxel_size,
+                contour_thickness=stages.channels.contour_thickness, distance_clip=stages.channels.distance_clip,
+                max_object_extent=stages.channels.max_object_extent,
+            )
+    except ValueError as error:
+        raise ConfigError(f"config error: stages: {error}") from None
 
 
 STAGES = _registry()
@@ -481,6 +603,7 @@ def fingerprint(run: Run, stage: Stage) -> str:
         "stage": stage.name,
         "params": stage.params(run),
         "affinities": _input_identity(run.affinities),
+        "ground_truth_input": _input_identity(run.ground_truth) if stage.name in TARGET_STAGES else None,
         "ground_truth": _input_identity(run.ground_truth) if stage.name == "evaluate" else None,
         "roi": [list(run.total_roi.offset), list(run.total_roi.shape)],
         "block_shape": list(run.block_shape),

@@ -136,3 +136,32 @@ def pack_arrays(*arrays: np.ndarray) -> bytes:
 def unpack_arrays(data: bytes) -> list[np.ndarray]:
     with np.load(io.BytesIO(data), allow_pickle=False) as archive:
         return [archive[f"arr_{i}"] for i in range(len(archive.files))]
+
+
+def targets_block(block: Block, labels_url: str, output_url: str, target: str, params: dict) -> BlockOutput:
+    """Training targets of the ground truth in one block.
+
+    The block reads its write ROI grown by the target's context, clipped to
+    the data (so a block at the volume's edge sees what the whole-volume
+    computation sees there), computes, and writes the write ROI.
+    """
+    from workers import channels as channels_worker
+    from workers import lsds as lsds_worker
+    from workers import weights as weights_worker
+
+    labels_volume = open_volume(labels_url)
+    read_roi = block.read_roi.intersect(labels_volume.roi)
+    labels = labels_volume.read(read_roi)
+    voxel_size = labels_volume.voxel_size
+    if target == "lsds":
+        result = lsds_worker.local_shape_descriptors(labels, voxel_size=voxel_size, **params)
+    elif target == "channels":
+        result = channels_worker.instance_channels(labels, voxel_size=voxel_size, **params)
+    elif target == "weights":
+        result = weights_worker.unet_weights(labels, voxel_size=voxel_size, **params)
+    else:
+        raise ValueError(f"unknown target {target!r}")
+    crop = block.write_roi.slices(voxel_size, read_roi.offset)
+    channels = (slice(None),) * (result.ndim - len(crop))
+    open_volume(output_url, mode="r+").write(block.write_roi, result[channels + crop].astype(np.float32))
+    return BlockOutput(stats={"voxels": int(np.prod([s.stop - s.start for s in crop]))})
