@@ -11,7 +11,7 @@ Paths in a config are taken relative to the folder of the config file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -40,13 +40,16 @@ def _non_negative(values: Optional[list[int]], name: str) -> Optional[list[int]]
 class InputConfig(_Strict):
     """The datasets a run reads, as ``container.zarr/dataset``."""
 
+    raw: Optional[str] = Field(None, description="raw EM (z, y, x) for the predict stage")
     affinities: Optional[str] = Field(None, description="affinities (c, z, y, x), float in [0, 1] or uint8 x 255")
     ground_truth: Optional[str] = Field(None, description="instance labels: for evaluation and training targets")
 
     @model_validator(mode="after")
     def _something(self) -> "InputConfig":
-        if not self.affinities and not self.ground_truth:
-            raise ValueError("give input.affinities (to segment) or input.ground_truth (for targets), or both")
+        if not self.affinities and not self.ground_truth and not self.raw:
+            raise ValueError(
+                "give input.raw (to predict), input.affinities (to segment) or input.ground_truth (for targets)"
+            )
         return self
 
 
@@ -151,7 +154,44 @@ class WeightsConfig(_Strict):
     _chunk = field_validator("chunk_shape")(lambda v: _positive(v, "chunk_shape"))
 
 
+class PredictConfig(_Strict):
+    """A trained network run blockwise: raw -> affinities (+ more outputs)."""
+
+    model: str = Field(description="torchscript:PATH, onnx:PATH or python:module:function")
+    input_shape: list[int] = Field(description="network input window, voxels (z, y, x)")
+    output_shape: list[int] = Field(description="valid output window, voxels (z, y, x)")
+    outputs: dict[str, int] = Field(
+        default_factory=lambda: {"affinities": 3},
+        description="datasets to write, in the model's channel order, with their channel counts",
+    )
+    normalize: Literal["scale01", "scale11", "meanstd"] = "scale01"
+    mean: Optional[float] = None
+    std: Optional[float] = Field(None, gt=0)
+    output_dtype: Literal["float32", "uint8"] = "uint8"
+    device: str = Field("cpu", description="cpu, cuda or cuda:N (cuda workers need the GPU resource)")
+    batch_size: int = Field(1, gt=0)
+    chunk_shape: Optional[list[int]] = None
+
+    _chunk = field_validator("chunk_shape")(lambda v: _positive(v, "chunk_shape"))
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "PredictConfig":
+        if len(self.input_shape) != 3 or len(self.output_shape) != 3:
+            raise ValueError("input_shape and output_shape need 3 values (z, y, x)")
+        if any(o <= 0 or i < o or (i - o) % 2 for i, o in zip(self.input_shape, self.output_shape)):
+            raise ValueError(
+                f"output_shape {self.output_shape} must be positive and fit centred in input_shape "
+                f"{self.input_shape} (an even difference per axis)"
+            )
+        if self.normalize == "meanstd" and (self.mean is None or self.std is None):
+            raise ValueError("normalize: meanstd needs mean and std")
+        if not self.outputs or any(c <= 0 for c in self.outputs.values()):
+            raise ValueError(f"outputs must name datasets with positive channel counts, got {self.outputs}")
+        return self
+
+
 class StagesConfig(_Strict):
+    predict: Optional[PredictConfig] = None
     lsds: Optional[LsdsConfig] = None
     channels: Optional[ChannelsConfig] = None
     weights: Optional[WeightsConfig] = None

@@ -39,7 +39,7 @@ from workers import evaluate as evaluate_worker
 
 log = logging.getLogger("blockseg")
 
-STAGE_ORDER = ("lsds", "channels", "weights", "check", "fragments", "agglomerate", "segments", "relabel", "evaluate")
+STAGE_ORDER = ("predict", "lsds", "channels", "weights", "check", "fragments", "agglomerate", "segments", "relabel", "evaluate")
 TARGET_STAGES = ("lsds", "channels", "weights")
 
 
@@ -63,19 +63,41 @@ class Run:
 
     config: PipelineConfig
     store: GraphStore
-    affinities: Volume | None
+    input_affinities: Volume | None
     ground_truth: Volume | None
     total_roi: Roi
+    raw: Volume | None = None
     reports: dict[str, StageReport] = field(default_factory=dict)
     scores: dict | None = None
     client: Client | None = None
 
     @property
+    def predicted(self) -> bool:
+        """Whether the affinities come from the predict stage."""
+        predict = self.config.stages.predict
+        return self.input_affinities is None and predict is not None and "affinities" in predict.outputs
+
+    @property
+    def affinities(self) -> Volume | None:
+        """The input affinities, or the predicted ones once the predict stage made them."""
+        if self.input_affinities is not None or not self.predicted:
+            return self.input_affinities
+        try:
+            return open_volume(self.dataset_url("affinities"))
+        except VolumeError:
+            return None
+
+    @property
+    def segmenting(self) -> bool:
+        return self.input_affinities is not None or self.predicted
+
+    @property
     def reference(self) -> Volume:
-        """The input that fixes the voxel size and the ROI: affinities, else ground truth."""
-        volume = self.affinities if self.affinities is not None else self.ground_truth
-        assert volume is not None  # the config requires one of them
-        return volume
+        """The input that fixes the voxel size and the ROI: affinities, raw, else ground truth."""
+        for volume in (self.input_affinities, self.raw, self.ground_truth):
+            if volume is not None:
+                return volume
+        raise AssertionError("the config requires an input")
 
     @property
     def voxel_size(self) -> tuple[int, ...]:
@@ -139,12 +161,19 @@ def open_run(config: PipelineConfig, restart: bool = False) -> Run:
     if config.input.affinities:
         affinities = _open_input(config.resolve(config.input.affinities), "input.affinities")
         _check_affinities(affinities)
+    raw = None
+    if config.input.raw:
+        raw = _open_input(config.resolve(config.input.raw), "input.raw")
+        _check_raw(raw, affinities)
+    if config.stages.predict is not None:
+        if raw is None:
+            raise ConfigError("config error: stages.predict: needs input.raw")
+        _check_normaliser(raw, config)
     truth = None
     if config.input.ground_truth:
         truth = _open_input(config.resolve(config.input.ground_truth), "input.ground_truth")
-        _check_ground_truth(truth, affinities)
-    reference = affinities if affinities is not None else truth
-    assert reference is not None  # the config requires one of them
+        _check_ground_truth(truth, affinities if affinities is not None else raw)
+    reference = next(v for v in (affinities, raw, truth) if v is not None)
     total_roi = _total_roi(config, reference)
     _check_blocks(config, reference, total_roi)
     check_targets(config, reference.voxel_size)
@@ -172,7 +201,7 @@ def open_run(config: PipelineConfig, restart: bool = False) -> Run:
         )
     if written != meta:
         store.write_meta(meta)
-    return Run(config, store, affinities, truth, total_roi)
+    return Run(config, store, affinities, truth, total_roi, raw)
 
 
 def _store_meta(config: PipelineConfig, reference: Volume, total_roi: Roi) -> dict:
@@ -206,6 +235,26 @@ def _check_affinities(affinities: Volume) -> None:
         )
 
 
+def _check_normaliser(raw: Volume, config: PipelineConfig) -> None:
+    from workers.predict import normalize
+
+    cfg = config.stages.predict
+    try:
+        normalize(np.zeros(1, raw.dtype), cfg.normalize, cfg.mean, cfg.std)
+    except ValueError as error:
+        raise InputError(f"input.raw: {raw.url}: {error}") from None
+
+
+def _check_raw(raw: Volume, affinities: Volume | None) -> None:
+    if raw.channel_shape or len(raw.voxel_size) != 3:
+        raise InputError(f"input.raw: {raw.url} must have axes (z, y, x), got shape {raw.array.shape}")
+    if affinities is not None and raw.voxel_size != affinities.voxel_size:
+        raise InputError(
+            f"input.raw: voxel_size {list(raw.voxel_size)} nm does not match input.affinities "
+            f"voxel_size {list(affinities.voxel_size)} nm"
+        )
+
+
 def _check_ground_truth(truth: Volume, affinities: Volume | None) -> None:
     if not np.issubdtype(truth.dtype, np.integer):
         raise InputError(f"input.ground_truth: {truth.url} has dtype {truth.dtype}; expected integer labels")
@@ -214,7 +263,7 @@ def _check_ground_truth(truth: Volume, affinities: Volume | None) -> None:
     if affinities is not None and truth.voxel_size != affinities.voxel_size:
         raise InputError(
             f"input.ground_truth: voxel_size {list(truth.voxel_size)} nm does not match "
-            f"input.affinities voxel_size {list(affinities.voxel_size)} nm"
+            f"the input voxel_size {list(affinities.voxel_size)} nm"
         )
 
 
@@ -285,6 +334,7 @@ class Stage:
     block_function: Callable[[Run], Callable] | None
     finish: Callable[[Run], None] | None = None
     global_step: Callable[[Run], None] | None = None
+    prepare: Callable[[Run], None] | None = None
 
 
 def _fragments_context(run: Run) -> tuple[int, ...]:
@@ -387,13 +437,13 @@ def _evaluate_finish(run: Run) -> None:
 
 
 def _registry() -> dict[str, Stage]:
-    always = lambda run: run.affinities is not None  # noqa: E731 - the segmentation stages need affinities
+    always = lambda run: run.segmenting  # noqa: E731 - the segmentation stages need affinities
     none: Callable[[Run], list[OutputSpec]] = lambda run: []  # noqa: E731
     stages = [
         Stage(
             "check",
             needs=(),
-            enabled=lambda run: run.affinities is not None and run.config.scheduler.check_inputs,
+            enabled=lambda run: run.input_affinities is not None and run.config.scheduler.check_inputs,
             params=lambda run: {},
             outputs=none,
             context=lambda run: None,
@@ -473,7 +523,7 @@ def _registry() -> dict[str, Stage]:
             "evaluate",
             needs=("fragments", "segments"),
             enabled=lambda run: (
-                run.affinities is not None and run.ground_truth is not None and run.config.stages.evaluate.enabled
+                run.segmenting and run.ground_truth is not None and run.config.stages.evaluate.enabled
             ),
             params=lambda run: {},
             outputs=none,
@@ -487,6 +537,7 @@ def _registry() -> dict[str, Stage]:
         ),
     ]
     stages += [_target_stage(name) for name in TARGET_STAGES]
+    stages.append(_predict_stage())
     return {stage.name: stage for stage in stages}
 
 
@@ -562,6 +613,84 @@ def _target_stage(name: str) -> Stage:
     )
 
 
+def _predict_outputs(run: Run) -> list[OutputSpec]:
+    cfg = run.config.stages.predict
+    chunk = _chunk_shape(run, cfg.chunk_shape)
+    return [OutputSpec(run.dataset_url(name), cfg.output_dtype, chunk, (count,)) for name, count in cfg.outputs.items()]
+
+
+def _predict_context(run: Run) -> tuple[int, ...]:
+    cfg = run.config.stages.predict
+    return tuple((i - o) // 2 * v for i, o, v in zip(cfg.input_shape, cfg.output_shape, run.voxel_size))
+
+
+def _predict_prepare(run: Run) -> None:
+    """Load the model where blocks run and try it on one window, before anything is written."""
+    from workers.predict import ModelError
+
+    cfg = run.config.stages.predict
+    spec = _model_spec(run)
+    future = run.client.submit(
+        block_functions.probe_model, spec, cfg.device, cfg.input_shape, cfg.output_shape,
+        sum(cfg.outputs.values()), pure=False,
+    )
+    try:
+        future.result()
+    except ModelError as error:
+        raise InputError(f"stages.predict: {error}") from None
+
+
+def _model_spec(run: Run) -> str:
+    """The model spec with a file path taken relative to the config's folder."""
+    spec = run.config.stages.predict.model
+    scheme, sep, rest = spec.partition(":")
+    if sep and scheme in ("torchscript", "onnx"):
+        return f"{scheme}:{run.config.resolve(rest)}"
+    return spec
+
+
+def _predict_stage() -> Stage:
+    def block_function(run: Run):
+        cfg = run.config.stages.predict
+        return functools.partial(
+            block_functions.predict_block,
+            raw_url=run.raw.url,
+            output_urls=[run.dataset_url(name) for name in cfg.outputs],
+            output_channels=list(cfg.outputs.values()),
+            spec=_model_spec(run),
+            device=cfg.device,
+            input_shape=cfg.input_shape,
+            output_shape=cfg.output_shape,
+            normalize_mode=cfg.normalize,
+            mean=cfg.mean,
+            std=cfg.std,
+            output_dtype=cfg.output_dtype,
+            batch_size=cfg.batch_size,
+        )
+
+    return Stage(
+        "predict",
+        needs=(),
+        enabled=lambda run: run.config.stages.predict is not None and run.raw is not None,
+        params=lambda run: {**run.config.stages.predict.model_dump(), "model": _model_identity(run)},
+        outputs=_predict_outputs,
+        context=_predict_context,
+        block_function=block_function,
+        prepare=_predict_prepare,
+    )
+
+
+def _model_identity(run: Run) -> dict:
+    """The model spec and, for a file, its size and time: a new model reruns the stage."""
+    spec = _model_spec(run)
+    scheme, _, rest = spec.partition(":")
+    identity = {"spec": spec}
+    if scheme in ("torchscript", "onnx") and Path(rest).exists():
+        stat = Path(rest).stat()
+        identity.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    return identity
+
+
 def check_targets(config: PipelineConfig, voxel_size: Sequence[int]) -> None:
     """Let the worker functions judge the target parameters once, before any block runs."""
     from workers import channels as channels_worker
@@ -593,16 +722,28 @@ STAGES = _registry()
 # -- the ledger ----------------------------------------------------------------
 
 
+AFFINITY_READERS = ("check", "fragments", "agglomerate")
+
+
+def stage_needs(run: Run, stage: Stage) -> tuple[str, ...]:
+    """The stages whose results ``stage`` reads (predict, when it makes the affinities)."""
+    if run.predicted and stage.name in AFFINITY_READERS:
+        return ("predict",) + stage.needs
+    return stage.needs
+
+
 def fingerprint(run: Run, stage: Stage) -> str:
     """What a stage's results depend on, hashed."""
     upstream = {}
-    for name in stage.needs:
+    for name in stage_needs(run, stage):
         state = run.store.stage_state(name)
         upstream[name] = state.token if state else None
     description = {
         "stage": stage.name,
         "params": stage.params(run),
-        "affinities": _input_identity(run.affinities),
+        # predicted affinities are identified by the predict stage's token instead
+        "affinities": _input_identity(run.input_affinities) if stage.name in AFFINITY_READERS else None,
+        "raw": _input_identity(run.raw) if stage.name == "predict" else None,
         "ground_truth_input": _input_identity(run.ground_truth) if stage.name in TARGET_STAGES else None,
         "ground_truth": _input_identity(run.ground_truth) if stage.name == "evaluate" else None,
         "roi": [list(run.total_roi.offset), list(run.total_roi.shape)],
@@ -650,16 +791,20 @@ def reset_stage(run: Run, stage: Stage) -> StageState:
     return state
 
 
+def _total(run: Run, stage: Stage) -> int:
+    return 1 if stage.global_step else run.grid().num_blocks
+
+
 def stage_progress(run: Run, stage: Stage) -> tuple[int, int, bool]:
     """``(done, total, current)`` for ``blockseg status``."""
-    total = 1 if stage.global_step else run.grid().num_blocks
+    total = _total(run, stage)
     current = is_current(run, stage)
     done = len(run.store.done_blocks(stage.name)) if current else 0
     return done, total, current
 
 
 def _check_needs(run: Run, stage: Stage) -> None:
-    for name in stage.needs:
+    for name in stage_needs(run, stage):
         need = STAGES[name]
         done, total, current = stage_progress(run, need)
         if not current or done < total:
@@ -675,7 +820,10 @@ def run_one_stage(run: Run, stage: Stage, client: Client, restart: bool = False)
     run.client = client
     if stage.name == "check":
         return _run_check(run, stage)
-    if restart or not is_current(run, stage):
+    current = is_current(run, stage)
+    if stage.prepare is not None and (restart or not current or len(run.store.done_blocks(stage.name)) < _total(run, stage)):
+        stage.prepare(run)
+    if restart or not current:
         state = reset_stage(run, stage)
         log.info("%s: starting afresh", stage.name)
     else:

@@ -165,3 +165,70 @@ def targets_block(block: Block, labels_url: str, output_url: str, target: str, p
     channels = (slice(None),) * (result.ndim - len(crop))
     open_volume(output_url, mode="r+").write(block.write_roi, result[channels + crop].astype(np.float32))
     return BlockOutput(stats={"voxels": int(np.prod([s.stop - s.start for s in crop]))})
+
+
+_MODELS: dict[tuple[str, str], object] = {}
+
+
+def _model(spec: str, device: str):
+    """One loaded model per worker process: loading is slow and models do not pickle."""
+    from workers.predict import load_model
+
+    key = (spec, device)
+    if key not in _MODELS:
+        _MODELS[key] = load_model(spec, device)
+    return _MODELS[key]
+
+
+def probe_model(spec: str, device: str, input_shape: Sequence[int], output_shape: Sequence[int], channels: int) -> None:
+    """Load the model where blocks will run and check its output on one window of zeros."""
+    from workers.predict import ModelError
+
+    model = _model(spec, device)
+    out = model(np.zeros((1, 1, *input_shape), np.float32))
+    if tuple(out.shape[2:]) != tuple(output_shape):
+        raise ModelError(
+            f"model {spec} output shape {list(out.shape[2:])} does not match output_shape {list(output_shape)} "
+            f"in the config (input_shape {list(input_shape)})"
+        )
+    if out.shape[1] != channels:
+        raise ModelError(f"model {spec} gives {out.shape[1]} channels; the config's outputs add up to {channels}")
+
+
+def predict_block(
+    block: Block,
+    raw_url: str,
+    output_urls: Sequence[str],
+    output_channels: Sequence[int],
+    spec: str,
+    device: str,
+    input_shape: Sequence[int],
+    output_shape: Sequence[int],
+    normalize_mode: str,
+    mean: float | None,
+    std: float | None,
+    output_dtype: str,
+    batch_size: int,
+) -> BlockOutput:
+    """Run the model over the block: raw (+ context) in, each output cropped to the write ROI."""
+    from workers.predict import normalize, predict_volume, to_storage
+
+    raw_volume = open_volume(raw_url)
+    voxel_size = raw_volume.voxel_size
+    # Normalise what lies inside the data, pad with zeros in normalised space:
+    # the rule a whole-volume prediction with the same windows follows.
+    inside = block.read_roi.intersect(raw_volume.roi)
+    _, read_shape = block.read_roi.to_voxels(voxel_size)
+    data = np.zeros(read_shape, np.float32)
+    data[inside.slices(voxel_size, block.read_roi.offset)] = normalize(raw_volume.read(inside), normalize_mode, mean, std)
+    origin, _ = block.write_roi.shift(tuple(-o for o in raw_volume.offset)).to_voxels(voxel_size)
+    prediction = predict_volume(
+        _model(spec, device), data, input_shape, output_shape, batch_size=batch_size, origin=origin,
+        total_shape=raw_volume.spatial_shape, out_channels=sum(output_channels),
+    )
+    start = 0
+    for url, count in zip(output_urls, output_channels):
+        part = to_storage(prediction[start : start + count], output_dtype)
+        open_volume(url, mode="r+").write(block.write_roi, part)
+        start += count
+    return BlockOutput(stats={"voxels": int(prediction[0].size)})
