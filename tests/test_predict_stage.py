@@ -1,0 +1,103 @@
+"""The predict stage: blockwise = whole, predicted affinities feeding the pipeline, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from blockseg.config import load_config
+from blockseg.pipeline import InputError, open_run, run_pipeline
+from blockseg.volume import create_volume, open_volume
+from helpers import read_dataset, write_config
+from workers.predict import normalize, predict_volume, to_storage
+
+import toy_models
+
+INPUT, OUTPUT = [10, 18, 18], [8, 16, 16]
+
+
+def _config(folder, inputs, raw_url=None, **predict):
+    settings = {
+        "model": "python:toy_models:membrane_affinities",
+        "input_shape": INPUT,
+        "output_shape": OUTPUT,
+        "outputs": {"affinities": 3},
+        **predict,
+    }
+    path = write_config(folder, inputs, block_voxels=(16, 48, 48), stages__predict=settings)
+    text = path.read_text().replace(f"  affinities: {inputs}/affinities\n", f"  raw: {raw_url or f'{inputs}/raw'}\n")
+    path.write_text(text)
+    return load_config(path)
+
+
+def _whole(raw: np.ndarray, dtype: str) -> np.ndarray:
+    data = normalize(raw, "scale01")
+    context = [(i - o) // 2 for i, o in zip(INPUT, OUTPUT)]
+    padded = np.pad(data, [(c, c) for c in context])
+    return to_storage(predict_volume(toy_models.membrane_affinities, padded, INPUT, OUTPUT, batch_size=2), dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+def test_blockwise_prediction_equals_whole(tmp_path, small_inputs, client, dtype):
+    # 32 x 128 x 128 in blocks of 16 x 48 x 48: neither a multiple of the block nor of the output window
+    config = _config(tmp_path, small_inputs, output_dtype=dtype)
+    run = open_run(config)
+    reports = run_pipeline(run, client, stages=["predict"])
+    run.store.close()
+    assert reports["predict"].total == 2 * 3 * 3
+    got = read_dataset(run.dataset_url("affinities"))
+    expected = _whole(read_dataset(f"{small_inputs}/raw"), dtype)
+    assert got.dtype == np.dtype(dtype) and got.shape == expected.shape == (3, 32, 128, 128)
+    if dtype == "uint8":
+        np.testing.assert_array_equal(got, expected)
+    else:
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert got.std() > 0
+
+
+def test_predicted_affinities_feed_the_segmentation(tmp_path, small_inputs, client):
+    config = _config(tmp_path, small_inputs)
+    run = open_run(config)
+    reports = run_pipeline(run, client)
+    run.store.close()
+    assert list(reports)[:2] == ["predict", "fragments"]
+    assert "check" not in reports  # predicted affinities are in range by construction
+    segmentation = read_dataset(run.segmentation_url(0.5))
+    assert len(np.unique(segmentation)) > 10
+    # a toy model that only sees brightness still separates cells far better than chance
+    assert run.scores["best"]["voi_sum"] < 3.0
+    again = open_run(config)
+    second = run_pipeline(again, client)
+    again.store.close()
+    assert sum(r.submitted for r in second.values()) == 0
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": "torchscript:no_such_model.pt"}, "no_such_model.pt"),
+    ({"model": "python:toy_models:no_such_function"}, "no_such_function"),
+    ({"model": "python:toy_models:wrong_shape"}, "does not match output_shape"),
+    ({"device": "cuda", "model": "torchscript:conv.pt"}, "GPU"),
+])
+def test_bad_model_is_refused_before_any_block(tmp_path, small_inputs, client, change, message):
+    if change.get("device") == "cuda":
+        torch = pytest.importorskip("torch")
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+        torch.manual_seed(0)
+        torch.jit.script(torch.nn.Conv3d(1, 3, 3)).save(str(tmp_path / "conv.pt"))
+    config = _config(tmp_path, small_inputs, **change)
+    run = open_run(config)
+    with pytest.raises(InputError, match=message):
+        run_pipeline(run, client)
+    run.store.close()
+    assert not (tmp_path / "out" / "volumes.zarr" / "affinities").exists()
+
+
+def test_raw_dtype_the_normaliser_does_not_handle(tmp_path, small_inputs):
+    raw = open_volume(f"{small_inputs}/raw")
+    bad = create_volume(f"{tmp_path}/bad.zarr/raw", raw.roi, raw.voxel_size, np.int64, (32, 64, 64))
+    bad.write(raw.roi, raw.read(raw.roi).astype(np.int64))
+    config = _config(tmp_path, small_inputs, raw_url=f"{tmp_path}/bad.zarr/raw")
+    with pytest.raises(InputError, match="int64"):
+        open_run(config)
+    assert not (tmp_path / "out" / "volumes.zarr").exists()
