@@ -74,6 +74,7 @@ def test_predicted_affinities_feed_the_segmentation(tmp_path, small_inputs, clie
 
 @pytest.mark.parametrize("change, message", [
     ({"model": "torchscript:no_such_model.pt"}, "no_such_model.pt"),
+    ({"model": "onnx:garbage.onnx"}, "garbage.onnx"),
     ({"model": "python:toy_models:no_such_function"}, "no_such_function"),
     ({"model": "python:toy_models:wrong_shape"}, "does not match output_shape"),
     ({"device": "cuda", "model": "torchscript:conv.pt"}, "GPU"),
@@ -85,6 +86,7 @@ def test_bad_model_is_refused_before_any_block(tmp_path, small_inputs, client, c
             pytest.skip("this machine has a GPU")
         torch.manual_seed(0)
         torch.jit.script(torch.nn.Conv3d(1, 3, 3)).save(str(tmp_path / "conv.pt"))
+    (tmp_path / "garbage.onnx").write_bytes(b"this is not a model")
     config = _config(tmp_path, small_inputs, **change)
     run = open_run(config)
     with pytest.raises(InputError, match=message):
@@ -101,3 +103,51 @@ def test_raw_dtype_the_normaliser_does_not_handle(tmp_path, small_inputs):
     with pytest.raises(InputError, match="int64"):
         open_run(config)
     assert not (tmp_path / "out" / "volumes.zarr").exists()
+
+
+def test_killed_prediction_resumes_to_identical_output(tmp_path, demo_inputs):
+    """Issue 7, check 2: the predict stage resumes like every other stage."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from test_resume_after_kill import _done
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    folders = {}
+    for name in ("fresh", "killed"):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        path = write_config(
+            folders[name], demo_inputs, block_voxels=(16, 32, 32), cluster={"local": {"workers": 2, "dashboard": False}},
+            stages__predict={"model": "python:toy_models:membrane_affinities", "input_shape": INPUT,
+                             "output_shape": OUTPUT, "outputs": {"affinities": 3}},
+        )
+        text = path.read_text().replace(f"  affinities: {demo_inputs}/affinities\n", f"  raw: {demo_inputs}/raw\n")
+        path.write_text(text)
+    command = [sys.executable, "-m", "blockseg.cli", "run", "config.yaml", "--stages", "predict"]
+    process = subprocess.Popen(command, cwd=folders["killed"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    db = folders["killed"] / "out" / "graph.db"
+    total = 4 * 6 * 6
+    deadline = time.time() + 300
+    while _done(db, "predict") < total // 3:
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    partial = _done(db, "predict")
+    assert 0 < partial < total
+    for name in ("killed", "fresh"):
+        result = subprocess.run(command, cwd=folders[name], env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        if name == "killed":
+            assert f"{total - partial} block(s) done, {partial} already done" in result.stdout
+    np.testing.assert_array_equal(
+        read_dataset(folders["killed"] / "out" / "volumes.zarr" / "affinities"),
+        read_dataset(folders["fresh"] / "out" / "volumes.zarr" / "affinities"),
+    )
