@@ -21,11 +21,21 @@ Background (label 0) is zero in every channel.
 How it is fast: the window sums a voxel needs run over its own object only,
 and that object lies inside its bounding box, so filtering the box alone
 (zeros around it, exactly what the whole-volume filter sees there) gives
-exactly the whole-volume sums. Each object costs its box, not the volume.
-Moments are taken of the displacement from the output voxel (kernels
-``g(d) * d**k``), never of absolute coordinates: the result does not depend
-on where the array starts, so a block gives the same numbers as the whole
-volume, and float64 sums avoid the cancellation of ``E[x**2] - E[x]**2``.
+exactly the whole-volume sums. Each object costs its box, not the volume
+(lsd-lite filters the whole volume once per label). The separable 1D
+passes are banded matrix products (BLAS), shared between moments.
+
+Why it is exact: moments are taken of the displacement from the output
+voxel (kernels ``g(d) * d**k``), never of absolute coordinates, and summed
+in float64. The result does not depend on where the array starts, so a
+block gives the whole volume's numbers, and ``E[x**2] - E[x]**2`` does not
+cancel. lsd-lite uses float32 absolute coordinates: its variance and
+Pearson channels carry ~1e-5..1e-4 of rounding on ordinary volumes (and up
+to 0.5 on one-voxel objects), which change if the input is padded.
+
+Memory: about five float64 copies of the largest object's bounding box,
+besides the float32 output. BLAS may use several threads; pin them
+(``OPENBLAS_NUM_THREADS=1``) when a machine runs one worker per core.
 
 Examples
 --------
@@ -123,13 +133,17 @@ def local_shape_descriptors(
 
     Notes
     -----
-    Matches lsd-lite ``get_lsds`` within float32 precision, with one
-    deliberate exception: with ``downsample > 1`` a voxel whose label has
-    no downsampled voxel within the window (an object smaller than the
+    Equals lsd-lite's ``get_lsds`` evaluated in float64 to within float32
+    output rounding (~1e-7). The stock float32 lsd-lite agrees to ~1e-6 in
+    the offset and size channels; in the variance and Pearson channels it
+    is off by its own rounding (see the module notes). One deliberate
+    difference: with ``downsample > 1`` a voxel whose label has no
+    downsampled voxel within the window (an object smaller than the
     downsampling cell) gets mean offset 0.5 (no offset), where lsd-lite
     writes ``0.5 - coordinate / (2 sigma)``, a value that depends on where
     the array starts. The other channels agree (variance floor, Pearson
-    0.5, size 0).
+    0.5, size 0). A non-integer ``voxel_size`` is used as given; lsd-lite
+    truncates it to an integer.
 
     Examples
     --------
@@ -153,14 +167,13 @@ def local_shape_descriptors(
     if labels.size == 0 or not labels.any():
         return out
 
-    # The downsampled grid keeps every downsample-th voxel from the origin.
-    sub_labels = labels[(slice(None, None, downsample),) * ndim]
     sub_voxel_nm = tuple(v * downsample for v in voxel_nm)
     max_order = _max_order(channels, ndim)
     filters = [_AxisFilter(np.stack(_moment_kernels(s / v, v, max_order))) for s, v in zip(sigma_nm, sub_voxel_nm)]
 
     # Compact ids so find_objects needs one slot per object, not per id.
     compact, _ = fastremap.renumber(labels, preserve_zero=True, in_place=False)
+    # The downsampled grid keeps every downsample-th voxel from the origin.
     sub_compact = compact[(slice(None, None, downsample),) * ndim]
     for index, box in enumerate(ndimage.find_objects(compact)):
         if box is None:
@@ -197,16 +210,15 @@ def lsd_context(sigma: SigmaLike, voxel_size: Sequence[int], downsample: int = 1
 
     Examples
     --------
-    >>> lsd_context(80, (10, 10, 10))                 # 3 * 8 voxels
+    >>> lsd_context(80, (10, 10, 10))                 # 3 sigma = 24 voxels
     (240, 240, 240)
-    >>> lsd_context(80, (10, 10, 10), downsample=2)   # 3 * 4 cells of 2 voxels
+    >>> lsd_context(80, (10, 10, 10), downsample=2)   # 12 cells of 2 voxels
     (240, 240, 240)
     >>> lsd_context((60, 45), (10, 10))               # radius rounds to nearest
     (180, 140)
     """
-    if not _is_sequence(voxel_size):
-        raise ValueError(f"voxel_size must have one value per axis, got {voxel_size!r}")
-    _check_ndim(len(voxel_size))
+    if not _is_sequence(voxel_size) or len(voxel_size) not in (2, 3):
+        raise ValueError(f"voxel_size must have one value per axis (2 or 3), got {voxel_size!r}")
     voxel_nm = _per_axis(voxel_size, len(voxel_size), "voxel_size")
     if any(v != int(v) for v in voxel_nm):
         raise ValueError(f"voxel_size must be whole numbers of nm, got {tuple(voxel_size)}")
@@ -241,9 +253,22 @@ def _one_object(
     sub_box = tuple(slice(s.start // downsample, (s.stop - 1) // downsample + 1) for s in box)
     mask = (sub_compact[sub_box] == label).astype(np.float64)
     points = tuple(v // downsample - s.start for v, s in zip(voxels, sub_box))
+    cell_of_voxel = None
+    if downsample > 1:
+        # up to downsample**ndim voxels share a cell: compute each cell once
+        # (numbering the cells through a dense array avoids sorting)
+        cell_number = np.full(mask.shape, -1, dtype=np.intp)
+        cell_number[points] = 0
+        cells = np.nonzero(cell_number == 0)
+        cell_number[cells] = np.arange(cells[0].size)
+        cell_of_voxel = cell_number[points]
+        points = cells
 
-    moments = _window_moments(mask, filters, points)
-    out[(slice(None),) + voxels] = _descriptors(moments, sigma_nm, channels)
+    descriptors = _descriptors(_window_moments(mask, filters, points), sigma_nm, channels)
+    if cell_of_voxel is not None:
+        descriptors = descriptors[:, cell_of_voxel]
+    # one flat index per voxel scatters faster than ndim index arrays
+    out.reshape(out.shape[0], -1)[:, np.ravel_multi_index(voxels, out.shape[1:])] = descriptors
 
 
 def _window_moments(
@@ -253,20 +278,22 @@ def _window_moments(
 
     ``moments[(a, b, c)][i]`` is the sum over mask voxels ``q`` of
     ``g(q - p) * dz**a * dy**b * dx**c`` with ``d = q - p`` in nm and ``p``
-    the i-th point (``points`` sorted along axis 0, as ``np.nonzero`` gives
-    them). The Gaussian is separable, so a moment is one 1D pass per axis,
-    and passes are shared: axis 0 splits the mask into orders 0..k, axis 1
+    the i-th point (``points`` in C order, as ``np.nonzero`` gives them).
+    The Gaussian is separable, so a moment is one 1D pass per axis, and
+    passes are shared: axis 0 splits the mask into orders 0..k, axis 1
     splits each of those into the orders still allowed, and so on.
 
     Passes after the first never mix along axis 0, so they run on slabs of
     axis 0 and keep only the values at the slab's points: memory stays a
-    few copies of the box, however many moments there are.
+    few copies of the box, however many moments there are. The last pass
+    runs only on the lines that hold points.
     """
+    ndim = mask.ndim
     max_order = filters[0].max_order
     first = filters[0](mask, axis=0, orders=max_order + 1)
     plane = int(np.prod(mask.shape[1:]))
     thickness = max(1, _SLAB_VOXELS // max(plane, 1))
-    moments: dict[tuple[int, ...], np.ndarray] = {}
+    moments: dict[tuple[int, ...], list[np.ndarray]] = {}
     for start in range(0, mask.shape[0], thickness):
         stop = min(start + thickness, mask.shape[0])
         lo, hi = np.searchsorted(points[0], [start, stop])
@@ -274,17 +301,42 @@ def _window_moments(
             continue
         slab_points = (points[0][lo:hi] - start,) + tuple(p[lo:hi] for p in points[1:])
         partial = {(order,): first[order, start:stop] for order in range(max_order + 1)}
-        for axis in range(1, mask.ndim):
+        for axis in range(1, ndim - 1):
             partial = {
                 exponents + (order,): filtered
                 for exponents, array in partial.items()
-                for order, filtered in enumerate(
-                    filters[axis](array, axis=axis, orders=max_order - sum(exponents) + 1)
-                )
+                for order, filtered in enumerate(filters[axis](array, axis, max_order - sum(exponents) + 1))
             }
-        for exponents, array in partial.items():
-            moments.setdefault(exponents, []).append(array[slab_points])
+        for exponents, values in _last_pass(partial, filters[-1], slab_points, max_order).items():
+            moments.setdefault(exponents, []).append(values)
     return {exponents: np.concatenate(parts) for exponents, parts in moments.items()}
+
+
+def _last_pass(
+    partial: dict[tuple[int, ...], np.ndarray],
+    last_filter: _AxisFilter,
+    points: tuple[np.ndarray, ...],
+    max_order: int,
+) -> dict[tuple[int, ...], np.ndarray]:
+    """Filter along the last axis, only on the lines through ``points``.
+
+    ``partial`` holds arrays already filtered along the other axes, keyed by
+    their exponents; the result holds the finished moments at ``points``.
+    """
+    shape = next(iter(partial.values())).shape
+    # points come in C order, so the line index is sorted: unique by diff
+    line = np.ravel_multi_index(points[:-1], shape[:-1])
+    new_line = np.concatenate(([True], line[1:] != line[:-1]))
+    lines = line[new_line]
+    which = np.cumsum(new_line) - 1
+    moments = {}
+    for exponents, array in partial.items():
+        # lines as columns: the filter is fastest along the first axis
+        columns = array.reshape(-1, shape[-1])[lines].T
+        filtered = last_filter(columns, 0, max_order - sum(exponents) + 1)
+        for order in range(filtered.shape[0]):
+            moments[exponents + (order,)] = filtered[order, points[-1], which]
+    return moments
 
 
 class _AxisFilter:
@@ -293,8 +345,9 @@ class _AxisFilter:
     A 1D correlation with zeros beyond the array is a product with a banded
     Toeplitz matrix; BLAS runs those several times faster than a tap-by-tap
     loop (``ndimage.correlate1d``), even counting the zeros it multiplies.
-    Long axes are cut into chunks so the zeros stay a small multiple of the
-    band.
+    The axis is cut into chunks of output rows; each chunk multiplies the
+    ``chunk + 2 * radius`` input rows it reads by the same band block, so
+    few zeros are multiplied and no matrix grows with the axis.
 
     Parameters
     ----------
@@ -306,57 +359,46 @@ class _AxisFilter:
     --------
     >>> from scipy import ndimage
     >>> kernels = np.stack(_moment_kernels(1.5, 4.0, 2))
-    >>> array = np.random.default_rng(0).random((5, 300))
-    >>> filtered = _AxisFilter(kernels)(array, axis=1, orders=3)
-    >>> expected = ndimage.correlate1d(array, kernels[2], axis=1, mode="constant")
+    >>> array = np.random.default_rng(0).random((300, 5))
+    >>> filtered = _AxisFilter(kernels)(array, axis=0, orders=3)
+    >>> expected = ndimage.correlate1d(array, kernels[2], axis=0, mode="constant")
     >>> bool(np.allclose(filtered[2], expected))
     True
     """
 
+    # Output rows per product: small chunks multiply fewer zeros, but below
+    # ~32 rows BLAS loses efficiency.
+    chunk = 32
+
     def __init__(self, kernels: np.ndarray) -> None:
-        self.kernels = kernels
         self.max_order = kernels.shape[0] - 1
         self.radius = kernels.shape[1] // 2
-        # Output rows per product: wide enough that the band (2 radius + 1
-        # columns) is most of the columns each chunk reads.
-        self.chunk = max(64, 4 * self.radius)
-        self._matrices: dict[int, np.ndarray] = {}
-
-    def matrix(self, length: int) -> np.ndarray:
-        """``(orders, length, length)`` banded matrices, cached per length."""
-        if length not in self._matrices:
-            offsets = np.arange(length)[None, :] - np.arange(length)[:, None]
-            inside = np.abs(offsets) <= self.radius
-            taps = np.clip(offsets + self.radius, 0, 2 * self.radius)
-            self._matrices[length] = np.where(inside, self.kernels[:, taps], 0.0)
-        return self._matrices[length]
-
-    def chunks(self, length: int) -> list[tuple[int, int, int, int]]:
-        """``(start, stop, lo, hi)``: output rows and the input rows they read."""
-        return [
-            (start, min(start + self.chunk, length), max(0, start - self.radius),
-             min(length, start + self.chunk + self.radius))
-            for start in range(0, length, self.chunk)
-        ]
+        # band[k, i, j] = kernels[k, j - i] on the band, so row i of a chunk
+        # (output start + i) reads input row start - radius + j.
+        width = self.chunk + 2 * self.radius
+        tap = np.arange(width)[None, :] - np.arange(self.chunk)[:, None]
+        on_band = (tap >= 0) & (tap <= 2 * self.radius)
+        self.band = np.where(on_band, kernels[:, np.clip(tap, 0, 2 * self.radius)], 0.0)
 
     def __call__(self, array: np.ndarray, axis: int, orders: int) -> np.ndarray:
-        """``(orders,) + array.shape``: ``array`` correlated with kernels ``0..orders-1``."""
+        """``(orders,) + array.shape``: ``array`` correlated with kernels ``0..orders-1``.
+
+        The products take ``axis`` as rows and the axes after it as columns;
+        BLAS wants many columns, so ``axis`` should not be the last one.
+        """
         array = np.ascontiguousarray(array)
         length = array.shape[axis]
-        matrix = self.matrix(length)
+        before = int(np.prod(array.shape[:axis]))
         out = np.empty((orders,) + array.shape)
-        if axis == array.ndim - 1:
-            rows, out_rows = array.reshape(-1, length), out.reshape(orders, -1, length)
-            for start, stop, lo, hi in self.chunks(length):
-                for order in range(orders):
-                    np.matmul(rows[:, lo:hi], matrix[order, start:stop, lo:hi].T, out=out_rows[order, :, start:stop])
-        else:
-            before = int(np.prod(array.shape[:axis]))
-            cols = array.reshape(before, length, -1)
-            out_cols = out.reshape(orders, before, length, cols.shape[2])
-            for start, stop, lo, hi in self.chunks(length):
-                for order in range(orders):
-                    np.matmul(matrix[order, start:stop, lo:hi], cols[:, lo:hi], out=out_cols[order, :, start:stop])
+        cols = array.reshape(before, length, -1)
+        out_cols = out.reshape(orders, before, length, cols.shape[2])
+        for start in range(0, length, self.chunk):
+            stop = min(start + self.chunk, length)
+            # input rows beyond the array are zeros: leave them out
+            lo, hi = max(0, start - self.radius), min(length, stop + self.radius)
+            block = self.band[:, : stop - start, lo - start + self.radius : hi - start + self.radius]
+            for order in range(orders):
+                np.matmul(block[order], cols[:, lo:hi], out=out_cols[order, :, start:stop])
         return out
 
 
@@ -471,7 +513,7 @@ def _per_axis(value: SigmaLike, ndim: int, name: str) -> tuple[float, ...]:
         if len(values) != ndim:
             raise ValueError(f"{name} must have {ndim} values (one per axis), got {len(values)}")
     else:
-        values = (value,) * max(ndim, 1)
+        values = (value,) * ndim
     for v in values:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
             raise ValueError(f"{name} must be a number or one number per axis, got {value!r}")
@@ -498,7 +540,7 @@ def _parse_components(components: ComponentsLike, ndim: int) -> list[int]:
             raise ValueError(f"components must be a string of channel digits such as '012', got {components!r}")
         indices = [int(c) for c in components]
     else:
-        items = list(components)
+        items = list(components) if _is_sequence(components) else []
         if not items or not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in items):
             raise ValueError(f"components must be channel indices such as [0, 1, 2], got {components!r}")
         indices = [int(c) for c in items]
