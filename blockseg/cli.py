@@ -79,7 +79,7 @@ def _run(config, stages: Sequence[str] | None, restart: bool) -> int:
     _setup_logging(config.output_dir / "logs", verbose=False)
     start = time.perf_counter()
     try:
-        with open_client(config.cluster) as client:
+        with open_client(config.cluster, log_dir=config.output_dir / "logs") as client:
             reports = run_pipeline(run, client, stages=stages, restart=restart)
     finally:
         run.store.close()
@@ -116,6 +116,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         state = "complete" if current and done == total else ("partial" if current and done else "not started")
         if not current and run.store.stage_state(name) is not None:
             state = "stale (inputs, parameters or outputs changed): reruns from scratch"
+        failed_file = config.output_dir / "logs" / f"failed-{name}.json"
+        if failed_file.exists():
+            import json
+
+            failed = json.loads(failed_file.read_text())
+            ids = ", ".join(str(f["block_id"]) for f in failed[:20]) + (" ..." if len(failed) > 20 else "")
+            state += f"; {len(failed)} block(s) FAILED in the last run: {ids} (details: {failed_file})"
         print(f"{name:<12} {done:>8} {total:>8}  {state}")
     return 0
 

@@ -1,8 +1,14 @@
-"""Where blocks run: a local dask cluster (default) or an existing scheduler.
+"""Where blocks run: a local dask cluster (default), a running scheduler, or SLURM.
 
 A local cluster binds to 127.0.0.1 and starts as many single-threaded worker
 processes as the machine has cores, because the block functions hold the GIL
 in places (waterz, the union-find) and processes scale where threads do not.
+A SLURM cluster starts workers as batch jobs through dask-jobqueue and
+cancels them when the run ends, however it ends.
+
+Every worker gets :class:`WorkerSetup`: one BLAS/OpenMP thread per worker
+thread, logging to the run's log folder, and a check that it runs the same
+blockseg as the driver.
 """
 
 from __future__ import annotations
@@ -10,13 +16,68 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import sys
+from pathlib import Path
 from typing import Iterator
 
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, WorkerPlugin
 
-from blockseg.config import ClusterConfig
+import blockseg
+from blockseg.config import ClusterConfig, ConfigError
 
 log = logging.getLogger("blockseg")
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+
+
+class VersionMismatch(RuntimeError):
+    """A worker runs another blockseg than the driver."""
+
+
+class WorkerSetup(WorkerPlugin):
+    """Prepare each worker: thread limits, a log file, the version check.
+
+    Parameters
+    ----------
+    version : str
+        The driver's blockseg version; a worker with another one refuses to
+        start work, since blocks computed by two versions need not agree.
+    log_dir : str, optional
+        Folder for one log file per worker.
+    """
+
+    name = "blockseg-setup"
+
+    def __init__(self, version: str, log_dir: str | None = None) -> None:
+        self.version = version
+        self.log_dir = log_dir
+
+    def setup(self, worker) -> None:
+        import blockseg as worker_blockseg
+
+        if worker_blockseg.__version__ != self.version:
+            raise VersionMismatch(
+                f"worker {worker.address} runs blockseg {worker_blockseg.__version__}, "
+                f"the driver {self.version}: install the same version on every node"
+            )
+        # Blocks are the unit of parallelism: a BLAS pool per worker thread
+        # would only oversubscribe the cores.
+        for name in THREAD_VARIABLES:
+            os.environ[name] = "1"
+        try:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(1)
+        except ImportError:  # threadpoolctl is optional; the variables cover new pools
+            pass
+        if self.log_dir:
+            Path(self.log_dir).mkdir(parents=True, exist_ok=True)
+            name = worker.address.replace("://", "-").replace(":", "-").replace("/", "-")
+            handler = logging.FileHandler(Path(self.log_dir) / f"worker-{name}.log")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+            for logger_name in ("blockseg", "distributed.worker"):
+                logging.getLogger(logger_name).addHandler(handler)
 
 
 def default_workers() -> int:
@@ -27,22 +88,48 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _register_setup(client: Client, log_dir: Path | None) -> None:
+    try:
+        client.register_plugin(WorkerSetup(blockseg.__version__, str(log_dir) if log_dir else None))
+    except VersionMismatch as error:
+        raise ConfigError(f"cluster: {error}") from None
+
+
 @contextlib.contextmanager
-def open_client(config: ClusterConfig, quiet: bool = False) -> Iterator[Client]:
+def open_client(config: ClusterConfig, quiet: bool = False, log_dir: Path | None = None) -> Iterator[Client]:
     """Start (or connect to) the cluster described by ``config`` and yield a client.
 
     The cluster is shut down when the block exits, also on an exception or
-    Ctrl-C, so no worker outlives the run.
+    Ctrl-C, so no worker (and no SLURM job) outlives the run.
     """
-    if config.address:
-        client = Client(config.address, timeout="30s")
-        try:
-            if not quiet:
-                log.info("connected to the dask scheduler at %s", config.address)
+    if config.kind == "address":
+        with _address_client(config, quiet, log_dir) as client:
             yield client
-        finally:
-            client.close()
-        return
+    elif config.kind == "slurm":
+        with _slurm_client(config, quiet, log_dir) as client:
+            yield client
+    else:
+        with _local_client(config, quiet, log_dir) as client:
+            yield client
+
+
+@contextlib.contextmanager
+def _address_client(config: ClusterConfig, quiet: bool, log_dir: Path | None) -> Iterator[Client]:
+    try:
+        client = Client(config.address, timeout="10s")
+    except (OSError, TimeoutError) as error:
+        raise ConfigError(f"cluster.address: cannot reach a dask scheduler at {config.address} ({error})") from None
+    try:
+        _register_setup(client, log_dir)
+        if not quiet:
+            log.info("connected to the dask scheduler at %s, dashboard %s", config.address, client.dashboard_link)
+        yield client
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def _local_client(config: ClusterConfig, quiet: bool, log_dir: Path | None) -> Iterator[Client]:
     local = config.local
     workers = local.workers or default_workers()
     cluster = LocalCluster(
@@ -57,10 +144,74 @@ def open_client(config: ClusterConfig, quiet: bool = False) -> Iterator[Client]:
     )
     client = Client(cluster)
     try:
+        _register_setup(client, log_dir)
         if not quiet:
             link = cluster.dashboard_link if local.dashboard else "off"
             log.info("local dask cluster: %d worker(s) x %d thread(s), dashboard %s", workers, local.threads_per_worker, link)
         yield client
     finally:
         client.close()
+        cluster.close()
+
+
+def slurm_cluster_kwargs(config: ClusterConfig) -> dict:
+    """The ``SLURMCluster`` arguments of a ``cluster.slurm`` section."""
+    slurm = config.slurm
+    assert slurm is not None
+    host = slurm.scheduler_host
+    kwargs: dict = {
+        "cores": slurm.cores,
+        "processes": slurm.processes,
+        "memory": slurm.memory,
+        "walltime": slurm.walltime,
+        "job_extra_directives": list(slurm.job_extra_directives),
+        "job_script_prologue": list(slurm.job_script_prologue)
+        + [f"export {name}=1" for name in THREAD_VARIABLES],
+        "python": slurm.python or sys.executable,
+        "scheduler_options": {"host": host, "dashboard_address": f"{host}:0"},
+    }
+    for key in ("queue", "account", "interface", "local_directory", "log_directory"):
+        value = getattr(slurm, key)
+        if value is not None:
+            kwargs[key] = value
+    extra = []
+    if slurm.interface is None and host in ("127.0.0.1", "localhost"):
+        # one node: keep the workers on loopback too
+        extra += ["--host", "127.0.0.1"]
+    if slurm.resources:
+        extra += ["--resources", ",".join(f"{k}={v:g}" for k, v in slurm.resources.items())]
+    if extra:
+        kwargs["worker_extra_args"] = extra
+    return kwargs
+
+
+@contextlib.contextmanager
+def _slurm_client(config: ClusterConfig, quiet: bool, log_dir: Path | None) -> Iterator[Client]:
+    if shutil.which("sbatch") is None:
+        raise ConfigError("cluster.slurm: sbatch is not on this machine's PATH; run blockseg where SLURM is installed")
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise ConfigError("cluster.slurm: dask-jobqueue is not installed (pip install dask-jobqueue)") from None
+    slurm = config.slurm
+    assert slurm is not None
+    cluster = SLURMCluster(**slurm_cluster_kwargs(config))
+    client = None
+    try:
+        if slurm.adaptive is not None:
+            cluster.adapt(minimum_jobs=slurm.adaptive.minimum, maximum_jobs=slurm.adaptive.maximum)
+        else:
+            cluster.scale(jobs=slurm.jobs or 1)
+        client = Client(cluster)
+        if slurm.adaptive is None:
+            client.wait_for_workers(1, timeout=600)
+        _register_setup(client, log_dir)
+        if not quiet:
+            jobs = sorted(str(getattr(job, "job_id", "?")) for job in cluster.workers.values())
+            log.info("SLURM cluster: dashboard %s, job(s) %s", cluster.dashboard_link, ", ".join(jobs) or "pending")
+        yield client
+    finally:
+        if client is not None:
+            client.close()
+        # cancels every worker job (scancel), also after Ctrl-C or an error
         cluster.close()

@@ -10,6 +10,7 @@ Paths in a config are taken relative to the folder of the config file.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -210,15 +211,83 @@ class LocalClusterConfig(_Strict):
     dashboard: bool = True
 
 
-class ClusterConfig(_Strict):
-    """Where blocks run: a local cluster (default) or a running scheduler."""
+class AdaptiveConfig(_Strict):
+    minimum: int = Field(0, ge=0, description="fewest worker jobs")
+    maximum: int = Field(10, gt=0, description="most worker jobs")
 
+    @model_validator(mode="after")
+    def _ordered(self) -> "AdaptiveConfig":
+        if self.minimum > self.maximum:
+            raise ValueError(f"minimum {self.minimum} is larger than maximum {self.maximum}")
+        return self
+
+
+_WALLTIME = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$|^\d+$|^\d+:\d{2}$")
+
+
+class SlurmConfig(_Strict):
+    """Workers as SLURM jobs, through dask-jobqueue's SLURMCluster."""
+
+    queue: Optional[str] = Field(None, description="partition (sbatch -p)")
+    account: Optional[str] = None
+    cores: int = Field(1, gt=0, description="cores per job")
+    processes: int = Field(1, gt=0, description="worker processes per job (cores are shared among them)")
+    memory: str = Field("4GiB", description="memory per job, e.g. 16GiB")
+    walltime: str = Field("01:00:00", description="job time limit: MM, MM:SS, HH:MM:SS or D-HH:MM:SS")
+    jobs: Optional[int] = Field(2, ge=0, description="worker jobs to start (ignored with adaptive)")
+    adaptive: Optional[AdaptiveConfig] = None
+    job_extra_directives: list[str] = Field(default_factory=list, description="extra #SBATCH lines")
+    job_script_prologue: list[str] = Field(default_factory=list, description="environment set-up lines")
+    python: Optional[str] = Field(None, description="python on the nodes; default: this one")
+    interface: Optional[str] = Field(None, description="network interface of workers, e.g. ib0; lo on one node")
+    scheduler_host: str = Field("127.0.0.1", description="where the dask scheduler binds")
+    resources: dict[str, float] = Field(default_factory=dict, description="worker resources, e.g. {GPU: 1}")
+    local_directory: Optional[str] = None
+    log_directory: Optional[str] = None
+
+    @field_validator("walltime")
+    @classmethod
+    def _walltime(cls, value: str) -> str:
+        if not _WALLTIME.match(value):
+            raise ValueError(f"walltime {value!r} is not MM, MM:SS, HH:MM:SS or D-HH:MM:SS")
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        from dask.utils import parse_bytes
+
+        try:
+            parse_bytes(value)
+        except ValueError:
+            raise ValueError(f"memory {value!r} is not a size such as 4GiB or 16GB") from None
+        return value
+
+
+class ClusterConfig(_Strict):
+    """Where blocks run: a local cluster (default), a running scheduler, or SLURM."""
+
+    kind: Optional[Literal["local", "address", "slurm"]] = Field(
+        None, description="default: address if one is given, else local"
+    )
     local: LocalClusterConfig = Field(default_factory=LocalClusterConfig)
     address: Optional[str] = Field(None, description="tcp://host:port of a running dask scheduler")
+    slurm: Optional[SlurmConfig] = None
+
+    @model_validator(mode="after")
+    def _kind(self) -> "ClusterConfig":
+        if self.kind is None:
+            self.kind = "address" if self.address else "local"
+        if self.kind == "address" and not self.address:
+            raise ValueError("kind address needs cluster.address (tcp://host:port)")
+        if self.kind == "slurm" and self.slurm is None:
+            self.slurm = SlurmConfig()
+        return self
 
 
 class SchedulerConfig(_Strict):
     retries: int = Field(2, ge=0, description="extra attempts for a failing block")
+    block_timeout: Optional[float] = Field(None, gt=0, description="seconds before a running block counts as hung")
     window_per_thread: int = Field(2, gt=0, description="blocks in flight per worker thread")
     progress: bool = True
     check_inputs: bool = Field(True, description="scan inputs for NaN / out-of-range values before the run")

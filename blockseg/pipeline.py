@@ -32,7 +32,7 @@ from blockseg.config import ConfigError, PipelineConfig
 from blockseg.geometry import Roi
 from blockseg.graph import GraphStore, StoreError, open_store
 from blockseg.graph.base import BlockOutput, StageState
-from blockseg.scheduler import StageReport, run_stage
+from blockseg.scheduler import StageFailed, StageReport, run_stage
 from blockseg.segments import connected_component_luts
 from blockseg.volume import TOKEN_ATTR, Volume, VolumeError, create_volume, open_volume
 from workers import evaluate as evaluate_worker
@@ -335,6 +335,7 @@ class Stage:
     finish: Callable[[Run], None] | None = None
     global_step: Callable[[Run], None] | None = None
     prepare: Callable[[Run], None] | None = None
+    resources: Callable[[Run], dict] | None = None
 
 
 def _fragments_context(run: Run) -> tuple[int, ...]:
@@ -630,14 +631,25 @@ def _predict_prepare(run: Run) -> None:
 
     cfg = run.config.stages.predict
     spec = _model_spec(run)
+    resources = _predict_resources(run)
+    if resources and not _cluster_has(run.client, "GPU"):
+        raise InputError(
+            f"stages.predict: device {cfg.device} needs a worker with the GPU resource, and no worker has one "
+            f"(start GPU workers, e.g. cluster.slurm.resources: {{GPU: 1}})"
+        )
     future = run.client.submit(
         block_functions.probe_model, spec, cfg.device, cfg.input_shape, cfg.output_shape,
-        sum(cfg.outputs.values()), pure=False,
+        sum(cfg.outputs.values()), pure=False, resources=resources or None,
     )
     try:
         future.result()
     except ModelError as error:
         raise InputError(f"stages.predict: {error}") from None
+
+
+def _cluster_has(client: Client, resource: str) -> bool:
+    workers = client.scheduler_info().get("workers", {})
+    return any(info.get("resources", {}).get(resource, 0) > 0 for info in workers.values())
 
 
 def _model_spec(run: Run) -> str:
@@ -677,7 +689,13 @@ def _predict_stage() -> Stage:
         context=_predict_context,
         block_function=block_function,
         prepare=_predict_prepare,
+        resources=_predict_resources,
     )
+
+
+def _predict_resources(run: Run) -> dict:
+    """GPU blocks go to workers that advertise a GPU (cluster.slurm.resources: {GPU: 1})."""
+    return {"GPU": 1} if run.config.stages.predict.device.startswith("cuda") else {}
 
 
 def _model_identity(run: Run) -> dict:
@@ -851,17 +869,27 @@ def run_one_stage(run: Run, stage: Stage, client: Client, restart: bool = False)
                 grid.check_alignment([open_volume(spec.url) for spec in stage.outputs(run)])
             except AlignmentError as error:
                 raise ConfigError(f"config error: {error}") from None
-        report = run_stage(
-            client,
-            stage.name,
-            grid,
-            stage.block_function(run),
-            run.store,
-            retries=scheduler.retries,
-            window_per_thread=scheduler.window_per_thread,
-            progress=scheduler.progress,
-            token=state.token,
-        )
+        failures_file = run.output_dir / "logs" / f"failed-{stage.name}.json"
+        try:
+            report = run_stage(
+                client,
+                stage.name,
+                grid,
+                stage.block_function(run),
+                run.store,
+                retries=scheduler.retries,
+                window_per_thread=scheduler.window_per_thread,
+                progress=scheduler.progress,
+                token=state.token,
+                block_timeout=scheduler.block_timeout,
+                resources=stage.resources(run) if stage.resources else None,
+            )
+        except StageFailed as failed:
+            # for `blockseg status`, which has no other way to know
+            failures_file.parent.mkdir(parents=True, exist_ok=True)
+            failures_file.write_text(json.dumps([vars(f) for f in failed.report.failures], indent=2))
+            raise
+        failures_file.unlink(missing_ok=True)
     if stage.finish is not None:
         stage.finish(run)
     run.reports[stage.name] = report

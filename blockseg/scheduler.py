@@ -14,10 +14,11 @@ import logging
 import socket
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from distributed import Client, as_completed
+from distributed import Client, wait
 from tqdm import tqdm
 
 from blockseg.blocks import Block, BlockGrid
@@ -86,8 +87,15 @@ class _Attempt:
     error: str = ""
 
 
-def _run_block(function: BlockFunction, block: Block) -> _Attempt:
-    """Run on a worker: never raise, so the driver sees the worker and traceback."""
+START_MARKS = "blockseg-started"
+
+
+def _run_block(function: BlockFunction, block: Block, start_mark: tuple[str, str] | None = None) -> _Attempt:
+    """Run on a worker: never raise, so the driver sees the worker and traceback.
+
+    With ``start_mark`` the block first tells the scheduler it has started,
+    so the driver's timeout counts running time, not time in the queue.
+    """
     worker = socket.gethostname()
     try:
         from distributed import get_worker
@@ -95,6 +103,13 @@ def _run_block(function: BlockFunction, block: Block) -> _Attempt:
         worker = get_worker().address
     except ValueError:  # not inside a dask worker (e.g. a synchronous test client)
         pass
+    if start_mark is not None:
+        try:
+            from distributed import get_client
+
+            get_client().set_metadata([START_MARKS, *start_mark], True)
+        except Exception:  # noqa: BLE001 - without the mark the block only times out later
+            pass
     try:
         return _Attempt(True, function(block), worker)
     except Exception:  # noqa: BLE001 - every failure of a block is reported, not raised
@@ -125,6 +140,8 @@ def run_stage(
     progress: bool = True,
     block_ids: Iterable[int] | None = None,
     token: str = "",
+    block_timeout: float | None = None,
+    resources: dict[str, float] | None = None,
 ) -> StageReport:
     """Run ``function`` on every block of ``grid`` that the ledger does not mark done.
 
@@ -150,6 +167,13 @@ def run_stage(
     token : str
         Part of the task keys, so that tasks of a reset stage never collide
         with stale results the scheduler may still hold.
+    block_timeout : float, optional
+        Seconds of running (from when the driver sees the block start on a
+        worker, not from submission) after which a block counts as hung: it
+        is cancelled, its worker restarted (a hung thread cannot be stopped
+        any other way) and the attempt counts as failed.
+    resources : dict, optional
+        Worker resources each block needs, e.g. ``{"GPU": 1}``.
 
     Raises
     ------
@@ -169,22 +193,21 @@ def run_stage(
         dynamic_ncols=True,
     )
 
-    def submit(block_id: int):
+    in_flight: dict = {}
+    run_id = uuid.uuid4().hex
+
+    def submit(block_id: int) -> None:
         attempts[block_id] = attempts.get(block_id, 0) + 1
         report.submitted += 1
         key = f"{stage}-{token[:8]}-{block_id}-{attempts[block_id]}"
-        return client.submit(_run_block, function, grid.block(block_id), key=key, pure=False, retries=0)
+        mark = (run_id, key) if block_timeout is not None else None
+        future = client.submit(
+            _run_block, function, grid.block(block_id), mark, key=key, pure=False, retries=0,
+            resources=resources or None,
+        )
+        in_flight[future] = (block_id, None)
 
-    pending = as_completed()
-    for block_id in _take(todo, window):
-        pending.add(submit(block_id))
-    for future in pending:
-        block_id = int(future.key.rsplit("-", 2)[-2])
-        try:
-            attempt: _Attempt = future.result()
-        except Exception as error:  # noqa: BLE001 - e.g. KilledWorker: the task took workers down with it
-            attempt = _Attempt(False, None, "unknown (worker lost)", "".join(traceback.format_exception(error)))
-        future.release()
+    def settle(block_id: int, attempt: _Attempt) -> None:
         if attempt.ok:
             assert attempt.output is not None
             store.commit_block(stage, block_id, attempt.output)
@@ -193,21 +216,76 @@ def run_stage(
             bar.update(1)
         elif attempts[block_id] <= retries:
             log.warning("%s: block %d failed on %s, retrying:\n%s", stage, block_id, attempt.worker, attempt.error)
-            pending.add(submit(block_id))
-            continue
+            submit(block_id)
+            return
         else:
             roi = str(grid.write_roi(block_id))
             report.failures.append(BlockFailure(block_id, roi, attempt.worker, attempts[block_id], attempt.error))
             log.error("%s: block %d failed for good on %s:\n%s", stage, block_id, attempt.worker, attempt.error)
             bar.update(1)
         for next_id in _take(todo, 1):
-            pending.add(submit(next_id))
+            submit(next_id)
+
+    for block_id in _take(todo, window):
+        submit(block_id)
+    # With a timeout the loop wakes up now and then to look for hung blocks.
+    poll = None if block_timeout is None else max(0.05, min(1.0, block_timeout / 4))
+    while in_flight:
+        try:
+            finished, _ = wait(list(in_flight), timeout=poll, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            finished = set()
+        for future in finished:
+            block_id, _ = in_flight.pop(future)
+            try:
+                attempt: _Attempt = future.result()
+            except Exception as error:  # noqa: BLE001 - e.g. KilledWorker: the task took workers down with it
+                attempt = _Attempt(False, None, "unknown (worker lost)", "".join(traceback.format_exception(error)))
+            future.release()
+            settle(block_id, attempt)
+        if block_timeout is not None:
+            now = time.monotonic()
+            marks = client.get_metadata([START_MARKS, run_id], default={})
+            for future, (block_id, started) in list(in_flight.items()):
+                if started is None:
+                    # the clock starts when the driver first sees the block running
+                    if future.key in marks:
+                        in_flight[future] = (block_id, now)
+                    continue
+                if now - started > block_timeout and not future.done():
+                    del in_flight[future]
+                    worker = _abandon(client, future)
+                    message = f"block {block_id} did not finish within block_timeout={block_timeout:g} s"
+                    settle(block_id, _Attempt(False, None, worker, message))
     bar.close()
+    if block_timeout is not None:
+        client.set_metadata([START_MARKS, run_id], {})
     report.seconds = time.perf_counter() - start
     log.info(report.summary())
     if report.failures:
         raise StageFailed(report)
     return report
+
+
+def _processing_on(dask_scheduler, key: str) -> str | None:
+    task = dask_scheduler.tasks.get(key)
+    return task.processing_on.address if task is not None and task.processing_on is not None else None
+
+
+def _abandon(client: Client, future) -> str:
+    """Cancel a hung block and restart the worker that runs it; return that worker."""
+    worker = None
+    try:
+        worker = client.run_on_scheduler(_processing_on, key=future.key)
+    except Exception:  # noqa: BLE001 - the scheduler may already have moved on
+        worker = None
+    client.cancel(future)
+    if worker:
+        try:
+            client.restart_workers([worker], timeout=120)
+        except Exception as error:  # noqa: BLE001 - a worker without a nanny cannot restart
+            log.warning("could not restart worker %s after a hung block: %s", worker, error)
+    return worker or "unknown"
 
 
 def _take(iterator: Iterator[int], count: int) -> list[int]:
