@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+import dask
 from distributed import Client, LocalCluster, WorkerPlugin
 
 import blockseg
@@ -174,15 +175,34 @@ def slurm_cluster_kwargs(config: ClusterConfig) -> dict:
         value = getattr(slurm, key)
         if value is not None:
             kwargs[key] = value
-    extra = []
-    if slurm.interface is None and host in ("127.0.0.1", "localhost"):
-        # one node: keep the workers on loopback too
+    # a worker's dashboard binds to every interface unless told otherwise
+    extra = ["--dashboard-address", f"{host}:0"]
+    configured_interface = dask.config.get("jobqueue.slurm.interface", None)
+    if slurm.interface is None and configured_interface is None and host in ("127.0.0.1", "localhost"):
+        # one node: keep the workers on loopback too (--host and --interface
+        # together stop a worker from starting, hence the check)
         extra += ["--host", "127.0.0.1"]
     if slurm.resources:
         extra += ["--resources", ",".join(f"{k}={v:g}" for k, v in slurm.resources.items())]
-    if extra:
-        kwargs["worker_extra_args"] = extra
+    kwargs["worker_extra_args"] = extra
     return kwargs
+
+
+def _check_job_script(cluster) -> None:
+    """Ask sbatch whether it would accept a worker job, before waiting for workers that never come."""
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as handle:
+        handle.write(cluster.job_script())
+        path = handle.name
+    try:
+        result = subprocess.run(["sbatch", "--test-only", path], capture_output=True, text=True, timeout=60)
+    finally:
+        os.unlink(path)
+    if result.returncode != 0:
+        reason = (result.stderr or result.stdout).strip().splitlines()
+        raise ConfigError(f"cluster.slurm: sbatch refuses the worker job: {reason[-1] if reason else 'no reason given'}")
 
 
 @contextlib.contextmanager
@@ -198,6 +218,7 @@ def _slurm_client(config: ClusterConfig, quiet: bool, log_dir: Path | None) -> I
     cluster = SLURMCluster(**slurm_cluster_kwargs(config))
     client = None
     try:
+        _check_job_script(cluster)
         if slurm.adaptive is not None:
             cluster.adapt(minimum_jobs=slurm.adaptive.minimum, maximum_jobs=slurm.adaptive.maximum)
         else:

@@ -245,10 +245,14 @@ class SlurmConfig(_Strict):
     local_directory: Optional[str] = None
     log_directory: Optional[str] = None
 
-    @field_validator("walltime")
+    @field_validator("walltime", mode="before")
     @classmethod
-    def _walltime(cls, value: str) -> str:
-        if not _WALLTIME.match(value):
+    def _walltime(cls, value: object) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            # YAML reads an unquoted 1:00:00 as the number 3600 (base 60)
+            hours, rest = divmod(value, 3600)
+            value = f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+        if not isinstance(value, str) or not _WALLTIME.match(value):
             raise ValueError(f"walltime {value!r} is not MM, MM:SS, HH:MM:SS or D-HH:MM:SS")
         return value
 
