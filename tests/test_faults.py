@@ -159,3 +159,16 @@ def test_bad_cluster_sections(tmp_path, small_inputs, cluster, message):
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_worker_setup_limits_threads_and_refuses_other_versions(tmp_path):
+    import blockseg
+    from blockseg.cluster import VersionMismatch, WorkerSetup
+
+    with _cluster(workers=1) as cluster, Client(cluster) as own:
+        own.register_plugin(WorkerSetup(blockseg.__version__, str(tmp_path / "logs")))
+        threads = own.run(lambda: os.environ.get("OPENBLAS_NUM_THREADS"))
+        assert set(threads.values()) == {"1"}
+        assert list((tmp_path / "logs").glob("worker-*.log"))
+        with pytest.raises(VersionMismatch, match="runs blockseg"):
+            own.register_plugin(WorkerSetup("0.0.0-another"), name="blockseg-other-version")
