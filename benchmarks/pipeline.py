@@ -29,7 +29,17 @@ STAGES = ("fragments", "agglomerate", "segments", "relabel", "evaluate")
 
 
 def _peak_mib() -> float:
-    # ru_maxrss is in KiB on Linux
+    """This process's peak resident memory.
+
+    VmHWM, not ru_maxrss: a worker process starts with its parent's
+    ru_maxrss on Linux, which would count the driver's memory twice.
+    """
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -32,7 +32,7 @@ from blockseg.config import ConfigError, PipelineConfig
 from blockseg.geometry import Roi
 from blockseg.graph import GraphStore, StoreError, open_store
 from blockseg.graph.base import BlockOutput, StageState
-from blockseg.scheduler import StageFailed, StageReport, run_stage
+from blockseg.scheduler import StageFailed, StageReport, run_stage, workers_info
 from blockseg.segments import connected_component_luts
 from blockseg.volume import TOKEN_ATTR, Volume, VolumeError, create_volume, open_volume
 from workers import evaluate as evaluate_worker
@@ -637,18 +637,28 @@ def _predict_prepare(run: Run) -> None:
             f"stages.predict: device {cfg.device} needs a worker with the GPU resource, and no worker has one "
             f"(start GPU workers, e.g. cluster.slurm.resources: {{GPU: 1}})"
         )
-    future = run.client.submit(
-        block_functions.probe_model, spec, cfg.device, cfg.input_shape, cfg.output_shape,
-        sum(cfg.outputs.values()), pure=False, resources=resources or None,
-    )
+    # every worker that will predict loads the model now, in parallel, so a
+    # worker that cannot is found before any block, and loading is not timed
+    workers = _workers_with(run.client, resources)
     try:
-        future.result()
+        run.client.run(
+            block_functions.probe_model, spec, cfg.device, cfg.input_shape, cfg.output_shape,
+            sum(cfg.outputs.values()), workers=workers,
+        )
     except ModelError as error:
         raise InputError(f"stages.predict: {error}") from None
 
 
+def _workers_with(client: Client, resources: dict) -> list[str]:
+    workers = workers_info(client)
+    return [
+        address for address, info in workers.items()
+        if all(info.get("resources", {}).get(name, 0) >= amount for name, amount in resources.items())
+    ]
+
+
 def _cluster_has(client: Client, resource: str) -> bool:
-    workers = client.scheduler_info().get("workers", {})
+    workers = workers_info(client)
     return any(info.get("resources", {}).get(resource, 0) > 0 for info in workers.values())
 
 

@@ -116,9 +116,14 @@ def _run_block(function: BlockFunction, block: Block, start_mark: tuple[str, str
         return _Attempt(False, None, worker, traceback.format_exc())
 
 
-def _total_threads(client: Client) -> int:
+def workers_info(client: Client) -> dict[str, dict]:
+    """Every worker's info (newer distributed lists only a few unless asked for all)."""
     info = client.scheduler_info(n_workers=-1) if _accepts_n_workers(client) else client.scheduler_info()
-    threads = sum(w.get("nthreads", 1) for w in info.get("workers", {}).values())
+    return info.get("workers", {})
+
+
+def _total_threads(client: Client) -> int:
+    threads = sum(w.get("nthreads", 1) for w in workers_info(client).values())
     return max(1, threads)
 
 
