@@ -131,10 +131,8 @@ install_packages() {
     fi
     say "packages: installing ${missing[*]} (apt-get, no recommends)"
     local t0=$SECONDS
-    # the lists may be missing on a fresh image; refresh them only then
-    if ! apt-cache show "${missing[0]}" >/dev/null 2>&1; then
-        DEBIAN_FRONTEND=noninteractive apt-get update -q
-    fi
+    # lists on a fresh image may be missing or stale: refresh before installing
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
     say "packages: installed in $((SECONDS - t0)) s"
 }
