@@ -155,8 +155,13 @@ def _local_client(config: ClusterConfig, quiet: bool, log_dir: Path | None) -> I
         cluster.close()
 
 
-def slurm_cluster_kwargs(config: ClusterConfig) -> dict:
-    """The ``SLURMCluster`` arguments of a ``cluster.slurm`` section."""
+def slurm_cluster_kwargs(config: ClusterConfig, log_dir: Path | None = None) -> dict:
+    """The ``SLURMCluster`` arguments of a ``cluster.slurm`` section.
+
+    Job output goes to ``log_dir`` (the run's log folder) unless the section
+    names a ``log_directory``; otherwise sbatch would drop ``slurm-*.out``
+    files wherever the driver was started.
+    """
     slurm = config.slurm
     assert slurm is not None
     host = slurm.scheduler_host
@@ -175,6 +180,8 @@ def slurm_cluster_kwargs(config: ClusterConfig) -> dict:
         value = getattr(slurm, key)
         if value is not None:
             kwargs[key] = value
+    if slurm.log_directory is None and log_dir is not None:
+        kwargs["log_directory"] = str(log_dir / "slurm")
     # a worker's dashboard binds to every interface unless told otherwise
     extra = ["--dashboard-address", f"{host}:0"]
     configured_interface = dask.config.get("jobqueue.slurm.interface", None)
@@ -215,7 +222,7 @@ def _slurm_client(config: ClusterConfig, quiet: bool, log_dir: Path | None) -> I
         raise ConfigError("cluster.slurm: dask-jobqueue is not installed (pip install dask-jobqueue)") from None
     slurm = config.slurm
     assert slurm is not None
-    cluster = SLURMCluster(**slurm_cluster_kwargs(config))
+    cluster = SLURMCluster(**slurm_cluster_kwargs(config, log_dir))
     client = None
     try:
         _check_job_script(cluster)
