@@ -292,7 +292,7 @@ class ClusterConfig(_Strict):
 class SchedulerConfig(_Strict):
     retries: int = Field(2, ge=0, description="extra attempts for a failing block")
     block_timeout: Optional[float] = Field(None, gt=0, description="seconds before a running block counts as hung")
-    window_per_thread: int = Field(2, gt=0, description="blocks in flight per worker thread")
+    window_per_thread: int = Field(8, gt=0, description="blocks in flight per worker thread")
     progress: bool = True
     check_inputs: bool = Field(True, description="scan inputs for NaN / out-of-range values before the run")
 

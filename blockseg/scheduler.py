@@ -141,7 +141,7 @@ def run_stage(
     store: GraphStore,
     *,
     retries: int = 2,
-    window_per_thread: int = 2,
+    window_per_thread: int = 8,
     progress: bool = True,
     block_ids: Iterable[int] | None = None,
     token: str = "",
@@ -187,7 +187,7 @@ def run_stage(
     """
     start = time.perf_counter()
     done = store.done_blocks(stage)
-    wanted = list(range(grid.num_blocks)) if block_ids is None else sorted(set(block_ids))
+    wanted = range(grid.num_blocks) if block_ids is None else sorted(set(block_ids))
     report = StageReport(stage, total=len(wanted))
     report.skipped = sum(1 for b in wanted if b in done)
     todo: Iterator[int] = (b for b in wanted if b not in done)
@@ -212,7 +212,7 @@ def run_stage(
         )
         in_flight[future] = (block_id, None)
 
-    def settle(block_id: int, attempt: _Attempt) -> None:
+    def settle(block_id: int, attempt: _Attempt, refill: bool = True) -> None:
         if attempt.ok:
             assert attempt.output is not None
             store.commit_block(stage, block_id, attempt.output)
@@ -228,8 +228,9 @@ def run_stage(
             report.failures.append(BlockFailure(block_id, roi, attempt.worker, attempts[block_id], attempt.error))
             log.error("%s: block %d failed for good on %s:\n%s", stage, block_id, attempt.worker, attempt.error)
             bar.update(1)
-        for next_id in _take(todo, 1):
-            submit(next_id)
+        if refill:
+            for next_id in _take(todo, 1):
+                submit(next_id)
 
     for block_id in _take(todo, window):
         submit(block_id)
@@ -240,14 +241,23 @@ def run_stage(
             finished, _ = wait(list(in_flight), timeout=poll, return_when="FIRST_COMPLETED")
         except TimeoutError:
             finished = set()
+        finished = sorted(finished, key=lambda f: in_flight[f][0])
+        # Refill the window before fetching results, so the workers have the
+        # next blocks while the results travel; then fetch them in one call.
+        for next_id in _take(todo, len(finished)):
+            submit(next_id)
+        ready = [f for f in finished if f.status == "finished"]
+        attempts_by_future = dict(zip(ready, client.gather(ready))) if ready else {}
         for future in finished:
             block_id, _ = in_flight.pop(future)
-            try:
-                attempt: _Attempt = future.result()
-            except Exception as error:  # noqa: BLE001 - e.g. KilledWorker: the task took workers down with it
-                attempt = _Attempt(False, None, "unknown (worker lost)", "".join(traceback.format_exception(error)))
+            attempt = attempts_by_future.get(future)
+            if attempt is None:
+                try:
+                    attempt = future.result()
+                except Exception as error:  # noqa: BLE001 - e.g. KilledWorker: the task took workers down with it
+                    attempt = _Attempt(False, None, "unknown (worker lost)", "".join(traceback.format_exception(error)))
             future.release()
-            settle(block_id, attempt)
+            settle(block_id, attempt, refill=False)
         if block_timeout is not None:
             now = time.monotonic()
             marks = client.get_metadata([START_MARKS, run_id], default={})
