@@ -143,7 +143,17 @@ class FileGraphStore(LutFolder):
         return json.loads(path.read_text()) if path.exists() else None
 
     def done_blocks(self, stage: str) -> set[int]:
-        return {block for _, block, _ in self._block_files(stage)}
+        # plain names, no Path objects: a stage may have a million blocks
+        folder = self._stage_dir(stage)
+        if not folder.exists():
+            return set()
+        done = set()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.endswith(".npz") and name[:-4].isdigit():
+                    done.add(int(name[:-4]))
+        return done
 
     def stage_state(self, stage: str) -> StageState | None:
         path = self.root / "stages" / f"{stage}.json"
