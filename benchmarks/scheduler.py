@@ -270,8 +270,7 @@ def _dump_profile(profiler, spec: dict) -> None:
     profiler.disable()
     path = f"{spec['profile']}-{spec['store']}-1e{spec['exponent']}.prof"
     profiler.dump_stats(path)
-    stream = open(f"{path}.txt", "w")
-    with stream:
+    with open(f"{path}.txt", "w") as stream:
         stats = pstats.Stats(profiler, stream=stream).sort_stats("tottime")
         stats.print_stats(30)
         stats.sort_stats("cumulative").print_stats(40)
@@ -280,12 +279,13 @@ def _dump_profile(profiler, spec: dict) -> None:
 CHILDREN = {"run": _child_run, "grid": _child_grid, "ledger": _child_ledger}
 
 
-def _in_child(spec: dict, tmp: Path, timeout: float) -> dict:
-    """Run one measurement in a fresh Python, so that its peak memory is its own."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp), env.get("PYTHONPATH", "")]))
+def _in_child(spec: dict, timeout: float) -> dict:
+    """Run one measurement in a fresh Python, so that its peak memory is its own.
+
+    It inherits ``PYTHONPATH`` with the no-op module's folder from :func:`main`.
+    """
     command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         sys.stderr.write(done.stderr)
         raise SystemExit(f"measurement {spec['what']} failed (exit {done.returncode})")
@@ -326,7 +326,7 @@ def main() -> None:
     parser.add_argument("--max-blocks", type=int, default=10**5, help="largest grid run (a power of ten)")
     parser.add_argument("--stores", default="sqlite,file", help="comma-separated: sqlite, file")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--window-per-thread", type=int, default=2)
+    parser.add_argument("--window-per-thread", type=int, default=8, help="blocks in flight per worker thread (blockseg's default)")
     parser.add_argument("--no-ledger", action="store_true", help="skip the 10^6-block grid and ledger")
     parser.add_argument("--ledger-only", action="store_true", help="only the 10^6-block grid and ledger")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed to each measurement")
@@ -357,7 +357,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="blockseg-bench-scheduler-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / f"{NOOP_MODULE}.py").write_text(textwrap.dedent(NOOP_SOURCE))
-        # spawned workers inherit both sys.path and the environment
+        # spawned workers inherit both sys.path and the environment, the drivers the environment
         sys.path.insert(0, str(tmp))
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp), os.environ.get("PYTHONPATH", "")]))
         for kind in stores:
@@ -387,7 +387,7 @@ def main() -> None:
                         "profile": str(args.profile) if args.profile else None, "driver": args.driver,
                     }
                     cluster_cpu = _cluster_cpu_seconds()
-                    result = _in_child(spec, tmp, args.timeout)
+                    result = _in_child(spec, args.timeout)
                     scheduler_cpu, workers_cpu = (b - a for a, b in zip(cluster_cpu, _cluster_cpu_seconds()))
                     per_block = {
                         "driver": result["driver_cpu_seconds"], "scheduler": scheduler_cpu, "workers": workers_cpu,
@@ -412,7 +412,7 @@ def main() -> None:
 
             if not args.no_ledger:
                 blocks = 10**LEDGER_EXPONENT
-                grid = _in_child({"what": "grid", "exponent": LEDGER_EXPONENT}, tmp, args.timeout)
+                grid = _in_child({"what": "grid", "exponent": LEDGER_EXPONENT}, args.timeout)
                 figures["grid_1e6_seconds"] = round(grid["seconds"], 2)
                 figures["grid_1e6_peak_mib"] = round(grid["peak_mib"], 1)
                 print(f"\n{blocks} blocks: every write and read ROI enumerated in {grid['seconds']:.1f} s, "
@@ -422,7 +422,7 @@ def main() -> None:
                 ledger = _in_child(
                     {"what": "ledger", "exponent": LEDGER_EXPONENT, "path": str(path), "address": address,
                      "window": args.window_per_thread, "driver": args.driver},
-                    tmp, args.timeout,
+                    args.timeout,
                 )
                 figures["ledger_1e6_done_blocks_seconds"] = round(ledger["done_blocks_seconds"], 3)
                 figures["ledger_1e6_done_blocks_peak_mib"] = round(ledger["done_blocks_peak_mib"], 1)
