@@ -122,7 +122,8 @@ def _check_thickness(thickness: int) -> int:
     return int(thickness)
 
 
-def _check_voxel_size(voxel_size: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
+def check_voxel_size(voxel_size: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
+    """``voxel_size`` as ``ndim`` positive floats (ones when None), or a ValueError."""
     if voxel_size is None:
         return (1.0,) * ndim
     spacing = tuple(float(v) for v in voxel_size)
@@ -280,7 +281,7 @@ def contour_distance(
     """
     labels = check_labels(labels)
     contour = _contour(labels, _check_thickness(thickness))
-    spacing = _check_voxel_size(voxel_size, labels.ndim)
+    spacing = check_voxel_size(voxel_size, labels.ndim)
     clip = _check_distance_clip(distance_clip, None)
     return _d_channel(labels, contour, spacing, clip)
 
@@ -327,7 +328,7 @@ def contour_distance_v2(
     labels = check_labels(labels)
     clip = _check_distance_clip(distance_clip, "Dv2")
     contour = _contour(labels, _check_thickness(thickness))
-    return _dv2_channel(contour, _check_voxel_size(voxel_size, labels.ndim), clip)
+    return _dv2_channel(contour, check_voxel_size(voxel_size, labels.ndim), clip)
 
 
 def _dv2_channel(contour: np.ndarray, spacing: tuple[float, ...], clip: float) -> np.ndarray:
@@ -360,7 +361,7 @@ def central_points(labels: np.ndarray, voxel_size: Sequence[float] | None = None
     [[2, 3]]
     """
     labels = check_labels(labels)
-    spacing = _check_voxel_size(voxel_size, labels.ndim)
+    spacing = check_voxel_size(voxel_size, labels.ndim)
     points = np.zeros(labels.shape, bool)
     # find_objects allocates one slot per id up to the largest, so dense ids
     # first: global ids (block_id * ids_per_block + ...) are huge.
@@ -444,7 +445,7 @@ def instance_channels(
     names = channel_names(channel_set)
     labels = check_labels(labels)
     thickness = _check_thickness(contour_thickness)
-    spacing = _check_voxel_size(voxel_size, labels.ndim)
+    spacing = check_voxel_size(voxel_size, labels.ndim)
     clip = _check_distance_clip(distance_clip, "Dv2" if "Dv2" in names else None)
     contour = _contour(labels, thickness)
     out = np.empty((len(names),) + labels.shape, np.float32)
@@ -520,7 +521,7 @@ def channels_context(
     (160, 88, 88)
     """
     names = channel_names(channel_set)
-    spacing = _check_voxel_size(voxel_size, len(voxel_size))
+    spacing = check_voxel_size(voxel_size, len(voxel_size))
     thickness = _check_thickness(contour_thickness)
     needs_clip = next((n for n in names if n in ("D", "Dv2")), None)
     clip = _check_distance_clip(distance_clip, f"the blockwise context of {needs_clip}" if needs_clip else None)

@@ -46,6 +46,8 @@ import fastremap
 import numpy as np
 from scipy import ndimage as ndi
 
+from workers.channels import check_voxel_size as _check_voxel_size
+
 #: LogConv defaults from deepflash2: ``exp(-36 / 0.35)`` is about 2e-45, the
 #: smallest float32, so a 73-tap kernel is all that float32 can resolve.
 LOGCONV_LAMBDA = 0.35
@@ -67,15 +69,6 @@ def _check_labels(labels: np.ndarray, ndims: tuple[int, ...] = (2, 3)) -> np.nda
     if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
         raise ValueError(f"labels must be >= 0 (0 is background), got minimum {labels.min()}")
     return labels
-
-
-def _check_voxel_size(voxel_size: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
-    if voxel_size is None:
-        return (1.0,) * ndim
-    spacing = tuple(float(v) for v in voxel_size)
-    if len(spacing) != ndim or not all(math.isfinite(v) and v > 0 for v in spacing):
-        raise ValueError(f"voxel_size must be {ndim} positive numbers, got {tuple(voxel_size)!r}")
-    return spacing
 
 
 def _check_weight_parameters(bws: float, fds: float, bwf: float, fbr: float, tolerance: float) -> None:

@@ -109,6 +109,22 @@ def concatenate_edges(parts: list[Edges]) -> Edges:
     )
 
 
+def chunked_edges(parts, chunk_size: int):
+    """Gather per-block edge arrays into chunks of at least ``chunk_size`` edges."""
+    pending: list[Edges] = []
+    count = 0
+    for edges in parts:
+        if edges is None or not len(edges):
+            continue
+        pending.append(edges)
+        count += len(edges)
+        if count >= chunk_size:
+            yield concatenate_edges(pending)
+            pending, count = [], 0
+    if pending:
+        yield concatenate_edges(pending)
+
+
 @dataclass
 class BlockOutput:
     """What a block hands to the store: graph rows and an opaque result."""

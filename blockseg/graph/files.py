@@ -36,6 +36,7 @@ from blockseg.graph.base import (
     StageState,
     StoreError,
     concatenate_edges,
+    chunked_edges,
     concatenate_nodes,
     graph_from,
     nodes_in_roi,
@@ -201,19 +202,7 @@ class FileGraphStore(LutFolder):
         return edges.take(np.lexsort((edges.v, edges.u)))
 
     def iter_edges(self, chunk_size: int = 1_000_000) -> Iterator[Edges]:
-        pending: list[Edges] = []
-        count = 0
-        for _, _, path in self._block_files():
-            edges = self._load_edges(path)
-            if edges is None or not len(edges):
-                continue
-            pending.append(edges)
-            count += len(edges)
-            if count >= chunk_size:
-                yield concatenate_edges(pending)
-                pending, count = [], 0
-        if pending:
-            yield concatenate_edges(pending)
+        return chunked_edges((self._load_edges(path) for _, _, path in self._block_files()), chunk_size)
 
     def read_graph(self, roi: Roi | None = None) -> nx.Graph:
         return graph_from(self.read_nodes(roi), self.read_edges(roi))

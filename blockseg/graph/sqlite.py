@@ -30,6 +30,7 @@ from blockseg.graph.base import (
     Nodes,
     StageState,
     StoreError,
+    chunked_edges,
     concatenate_edges,
     graph_from,
 )
@@ -261,23 +262,16 @@ class SqliteGraphStore(LutFolder):
 
     def iter_edges(self, chunk_size: int = 1_000_000) -> Iterator[Edges]:
         cursor = self._db.execute("SELECT u, v, score, attrs FROM edge_blocks ORDER BY stage, block")
-        pending: list[Edges] = []
-        count = 0
-        for u, v, score, attrs in cursor:
-            pending.append(
-                Edges(
-                    np.frombuffer(u, dtype=np.uint64),
-                    np.frombuffer(v, dtype=np.uint64),
-                    np.frombuffer(score, dtype=np.float32),
-                    _unpack(attrs),
-                )
+        blocks = (
+            Edges(
+                np.frombuffer(u, dtype=np.uint64),
+                np.frombuffer(v, dtype=np.uint64),
+                np.frombuffer(score, dtype=np.float32),
+                _unpack(attrs),
             )
-            count += len(pending[-1])
-            if count >= chunk_size:
-                yield concatenate_edges(pending)
-                pending, count = [], 0
-        if pending:
-            yield concatenate_edges(pending)
+            for u, v, score, attrs in cursor
+        )
+        return chunked_edges(blocks, chunk_size)
 
     def read_graph(self, roi: Roi | None = None) -> nx.Graph:
         """A networkx graph of the nodes inside ``roi`` and their edges."""
