@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from scipy import ndimage as ndi
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -37,3 +38,14 @@ def read_dataset(url) -> np.ndarray:
     return volume.read(volume.roi)
 
 
+
+def voronoi_cells(shape: tuple[int, ...], n_seeds: int, radius: float, seed: int) -> np.ndarray:
+    """Voronoi cells of random seeds cut at `radius`: touching cells and background."""
+    rng = np.random.default_rng(seed)
+    coords = tuple(rng.integers(0, n, n_seeds) for n in shape)
+    markers = np.zeros(shape, np.int64)
+    markers[coords] = np.arange(1, n_seeds + 1)
+    distance, nearest = ndi.distance_transform_edt(markers == 0, return_indices=True)
+    labels = markers[tuple(nearest)]
+    labels[distance > radius] = 0
+    return labels

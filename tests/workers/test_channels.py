@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import voronoi_cells
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
@@ -40,18 +41,6 @@ def _two_squares() -> np.ndarray:
 def _ball(radius: int = 3) -> np.ndarray:
     grid = np.indices((2 * radius + 3,) * 3) - (radius + 1)
     return ((grid**2).sum(0) <= radius**2).astype(np.uint32)
-
-
-def _cells(shape: tuple[int, ...], n_seeds: int, radius: float, seed: int) -> np.ndarray:
-    """Voronoi cells of random seeds cut at `radius`: touching cells and background."""
-    rng = np.random.default_rng(seed)
-    coords = tuple(rng.integers(0, n, n_seeds) for n in shape)
-    markers = np.zeros(shape, np.int64)
-    markers[coords] = np.arange(1, n_seeds + 1)
-    distance, nearest = ndi.distance_transform_edt(markers == 0, return_indices=True)
-    labels = markers[tuple(nearest)]
-    labels[distance > radius] = 0
-    return labels
 
 
 def _blockwise(compute, labels: np.ndarray, block: tuple[int, ...], context: tuple[int, ...]) -> np.ndarray:
@@ -153,12 +142,12 @@ def test_central_point_of_a_c_shape_stays_on_the_instance():
 
 
 def test_contour_matches_skimage_inner_boundaries():
-    labels = _cells((40, 50), n_seeds=25, radius=6, seed=3)
+    labels = voronoi_cells((40, 50), n_seeds=25, radius=6, seed=3)
     assert np.array_equal(contour_mask(labels), find_boundaries(labels, connectivity=1, mode="inner"))
 
 
 def test_d_equals_per_instance_edt():
-    labels = _cells((16, 24, 24), n_seeds=20, radius=5, seed=4)
+    labels = voronoi_cells((16, 24, 24), n_seeds=20, radius=5, seed=4)
     spacing = (3.0, 1.0, 2.0)
     d = contour_distance(labels, voxel_size=spacing)
     contour = contour_mask(labels)
@@ -174,7 +163,7 @@ def test_d_equals_per_instance_edt():
 
 
 def test_dv2_background_is_distance_to_the_objects():
-    labels = _cells((20, 30), n_seeds=8, radius=5, seed=5)
+    labels = voronoi_cells((20, 30), n_seeds=8, radius=5, seed=5)
     spacing = (2.0, 1.0)
     dv2 = contour_distance_v2(labels, distance_clip=6.0, voxel_size=spacing)
     to_objects = ndi.distance_transform_edt(labels == 0, sampling=spacing)
@@ -187,7 +176,7 @@ def test_dv2_background_is_distance_to_the_objects():
 
 @pytest.mark.parametrize("channel_set", sorted(CHANNEL_SETS))
 def test_sets_stack_their_channels_in_name_order(channel_set):
-    labels = _cells((12, 16, 16), n_seeds=10, radius=4, seed=6)
+    labels = voronoi_cells((12, 16, 16), n_seeds=10, radius=4, seed=6)
     spacing = (2.0, 1.0, 1.0)
     out = instance_channels(labels, channel_set, contour_thickness=2, voxel_size=spacing, distance_clip=3.0)
     single = {
@@ -205,7 +194,7 @@ def test_sets_stack_their_channels_in_name_order(channel_set):
 
 
 def test_huge_global_ids_behave_like_small_ones():
-    labels = _cells((20, 30), n_seeds=10, radius=5, seed=7).astype(np.uint64)
+    labels = voronoi_cells((20, 30), n_seeds=10, radius=5, seed=7).astype(np.uint64)
     huge = np.where(labels > 0, labels + np.uint64(2**60), 0).astype(np.uint64)
     for channel_set in ("BCD", "BP"):
         expected = instance_channels(labels, channel_set, distance_clip=3)
@@ -218,7 +207,7 @@ def test_huge_global_ids_behave_like_small_ones():
 @pytest.mark.parametrize("thickness", [1, 2])
 @pytest.mark.parametrize("channel_set", sorted(CHANNEL_SETS))
 def test_blockwise_equals_whole(channel_set, thickness):
-    labels = _cells((24, 30, 36), n_seeds=40, radius=4, seed=8)
+    labels = voronoi_cells((24, 30, 36), n_seeds=40, radius=4, seed=8)
     spacing = (2, 1, 1)
     boxes = [box for box in ndi.find_objects(labels) if box is not None]
     extent = [max(box[axis].stop - box[axis].start for box in boxes) * spacing[axis] for axis in range(3)]
@@ -238,7 +227,7 @@ def test_blockwise_equals_whole(channel_set, thickness):
 def test_blockwise_without_context_differs(channel_set):
     # The blockwise test above can fail: with no context, contours at block
     # faces are lost, distances miss contours and cut objects move their point.
-    labels = _cells((24, 30, 36), n_seeds=40, radius=4, seed=8)
+    labels = voronoi_cells((24, 30, 36), n_seeds=40, radius=4, seed=8)
 
     def compute(part):
         return instance_channels(part, channel_set, distance_clip=3.5)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import voronoi_cells
 from scipy import ndimage as ndi
 
 from workers.weights import (
@@ -35,18 +36,6 @@ def _two_squares() -> np.ndarray:
     labels = np.zeros((5, 8), np.uint8)
     labels[1:4, 1:4] = 1
     labels[1:4, 4:7] = 2
-    return labels
-
-
-def _cells(shape: tuple[int, ...], n_seeds: int, radius: float, seed: int) -> np.ndarray:
-    """Voronoi cells of random seeds cut at `radius`: touching cells and background."""
-    rng = np.random.default_rng(seed)
-    coords = tuple(rng.integers(0, n, n_seeds) for n in shape)
-    markers = np.zeros(shape, np.int64)
-    markers[coords] = np.arange(1, n_seeds + 1)
-    distance, nearest = ndi.distance_transform_edt(markers == 0, return_indices=True)
-    labels = markers[tuple(nearest)]
-    labels[distance > radius] = 0
     return labels
 
 
@@ -112,7 +101,7 @@ def test_ridges_with_huge_global_ids():
 
 
 def test_instance_distances_match_edt():
-    labels = _cells((10, 14, 16), n_seeds=8, radius=4, seed=1)
+    labels = voronoi_cells((10, 14, 16), n_seeds=8, radius=4, seed=1)
     spacing = (2.0, 1.0, 1.5)
     ids = np.unique(labels[labels > 0])
     per_instance = np.sort([ndi.distance_transform_edt(labels != i, sampling=spacing) for i in ids], axis=0)
@@ -141,7 +130,7 @@ def test_weights_on_the_ridge_by_hand():
 
 
 def test_saturation_stays_within_tolerance():
-    labels = _cells((12, 20, 20), n_seeds=12, radius=4, seed=2)
+    labels = voronoi_cells((12, 20, 20), n_seeds=12, radius=4, seed=2)
     spacing = (2.0, 1.0, 1.0)
     parameters = dict(bws=2.0, fds=2.5, bwf=10.0, fbr=0.1)
     reference = _reference_weights(labels, spacing=spacing, **parameters)
@@ -156,7 +145,7 @@ def test_saturation_stays_within_tolerance():
 
 @pytest.mark.parametrize("spacing", [(1, 1, 1), (2, 1, 1)])
 def test_blockwise_weights_equal_whole(spacing):
-    labels = _cells((20, 36, 36), n_seeds=40, radius=4, seed=3)
+    labels = voronoi_cells((20, 36, 36), n_seeds=40, radius=4, seed=3)
     parameters = dict(bws=1.5, fds=1.5, bwf=10.0, fbr=0.1)
     context = weights_context(parameters["bws"], parameters["fds"], spacing, bwf=10.0, fbr=0.1)
     context_voxels = tuple(c // s for c, s in zip(context, spacing))
@@ -341,7 +330,7 @@ def test_logconv_within_its_error_bound_of_the_exact_distance(seed):
 
 
 def test_logconv_instance_distances_and_weights():
-    labels = _cells((24, 30), n_seeds=6, radius=5, seed=4)[None]
+    labels = voronoi_cells((24, 30), n_seeds=6, radius=5, seed=4)[None]
     approx = logconv_instance_distances(labels)
     assert approx.shape == (1, 2, 24, 30)
     ids = np.unique(labels[labels > 0])
@@ -368,7 +357,7 @@ def test_torch_logconv_equals_numpy():
     torch = pytest.importorskip("torch")
     from workers.weights import LogConv
 
-    labels = np.stack([_cells((32, 40), n_seeds=7, radius=6, seed=s) for s in (5, 6)])
+    labels = np.stack([voronoi_cells((32, 40), n_seeds=7, radius=6, seed=s) for s in (5, 6)])
     labels[1][labels[1] == labels[1].max()] = 0  # a different set of ids in each image
     expected = logconv_instance_distances(labels)
     exact = LogConv(dtype=torch.float64)(torch.from_numpy(labels)).numpy()
@@ -381,6 +370,6 @@ def test_torch_logconv_equals_numpy():
     assert np.abs(fast[near] - expected[near]).max() <= 1e-5
     weights = LogConv(dtype=torch.float64).weights(torch.from_numpy(labels), bws=3, fds=3).numpy()
     np.testing.assert_allclose(weights, logconv_weights(labels, bws=3, fds=3), atol=1e-5)
-    volume = _cells((6, 10, 12), n_seeds=4, radius=3, seed=7)[None]  # 3D
+    volume = voronoi_cells((6, 10, 12), n_seeds=4, radius=3, seed=7)[None]  # 3D
     three_d = LogConv(dtype=torch.float64)(torch.from_numpy(volume)).numpy()
     np.testing.assert_allclose(three_d, logconv_instance_distances(volume), atol=1e-5)
