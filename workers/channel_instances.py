@@ -65,7 +65,7 @@ from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from skimage.measure import marching_cubes, mesh_surface_area, perimeter
-from skimage.segmentation import watershed
+from skimage.segmentation import expand_labels, watershed
 
 from workers.channels import channel_names, check_voxel_size
 
@@ -116,6 +116,15 @@ class ChannelWatershedParams:
     voronoi_on_mask : bool
         Grow the instances by Voronoi tessellation over the foreground
         (``M`` for ``BCM``, ``B + C`` otherwise; only the sets with ``C``).
+    grow_into_contour : int
+        After everything else, grow each instance by up to this many voxels
+        into unlabelled voxels, diagonals included (Euclidean reach
+        ``grow_into_contour * sqrt(ndim)``; 0, the default, is off; not in
+        the seed).
+        The sets without ``C`` (``BP``, ``Dv2``, ``BDv2``) have no foreground
+        to grow back into, so their instances lack the contour shell that
+        ``B`` excludes; on thin 3D neurites that shell is half the object.
+        Set it to the contour thickness the targets were made with.
 
     Examples
     --------
@@ -139,6 +148,7 @@ class ChannelWatershedParams:
     repare_large_blobs_size: int = -1
     watershed_circularity: float = -1.0
     voronoi_on_mask: bool = False
+    grow_into_contour: int = 0
 
     def __post_init__(self) -> None:
         for name in _PROBABILITIES:
@@ -164,6 +174,10 @@ class ChannelWatershedParams:
             raise ValueError(f"watershed_circularity must be -1 (off) or lie in [0, 1], got {circ!r}")
         if self.voronoi_on_mask not in (True, False):
             raise ValueError(f"voronoi_on_mask must be True or False, got {self.voronoi_on_mask!r}")
+        if not _is_int(self.grow_into_contour) or self.grow_into_contour < 0:
+            raise ValueError(
+                f"grow_into_contour must be an integer >= 0 (voxels; 0 is off), got {self.grow_into_contour!r}"
+            )
 
 
 def _is_real(value: object) -> bool:
@@ -194,6 +208,7 @@ def segment_channels(
     repare_large_blobs_size: int = -1,
     watershed_circularity: float = -1.0,
     voronoi_on_mask: bool = False,
+    grow_into_contour: int = 0,
     voxel_size: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Instances from the channels of one BiaPy channel set.
@@ -209,7 +224,7 @@ def segment_channels(
     data_mw_th_binary_mask, data_mw_th_contour, data_mw_th_foreground, \
 data_mw_th_distance, data_mw_th_dist_foreground, th_points, \
 data_remove_small_obj, data_remove_before_mw, repare_large_blobs_size, \
-watershed_circularity, voronoi_on_mask
+watershed_circularity, voronoi_on_mask, grow_into_contour
         See :class:`ChannelWatershedParams` (same names, same defaults).
     voxel_size : sequence of float, optional
         Voxel size, for the Voronoi distances and the 3D surface area;
@@ -251,6 +266,7 @@ watershed_circularity, voronoi_on_mask
         repare_large_blobs_size=repare_large_blobs_size,
         watershed_circularity=watershed_circularity,
         voronoi_on_mask=voronoi_on_mask,
+        grow_into_contour=grow_into_contour,
     )
     named = _check_channels(channels, channel_set)
     spacing = check_voxel_size(voxel_size, next(iter(named.values())).ndim)
@@ -287,6 +303,12 @@ watershed_circularity, voronoi_on_mask
         labels = filter_by_circularity(labels, params.watershed_circularity, voxel_size=spacing)
     if params.voronoi_on_mask:
         labels = voronoi_growth(labels, _voronoi_area(named, params), voxel_size=spacing)
+    if params.grow_into_contour:
+        # In voxels, not nm: the shell to restore is the contour the targets
+        # drew, which is a number of voxels thick and includes the diagonal
+        # corners, hence the sqrt(ndim) (for one voxel, exactly the corners).
+        reach = params.grow_into_contour * math.sqrt(labels.ndim)
+        labels = expand_labels(labels, distance=reach)
     return _consecutive(labels)
 
 

@@ -389,8 +389,9 @@ def test_post_processing_bad_input():
 # In 3D the distance seeds must be the whole inside (threshold 0.5 for D,
 # 9.5 for Dv2): a 1.5 voxel core breaks thin neurites into several seeds
 # (F1 0.75 for BCD on this crop). BP has no C channel and so no Voronoi area:
-# its instances lack their one-voxel contour shell, most of a thin neurite,
-# and 3D BP only reaches the lower bound below (see ROUND_TRIP_MIN_F1).
+# its instances lack their one-voxel contour shell, most of a thin neurite
+# (3D F1 0.85 with the seed's steps alone, see the test after this one);
+# grow_into_contour = 1, the contour thickness of the targets, restores it.
 
 RELAXED_3D = {"data_mw_th_distance": 0.5, "data_mw_th_dist_foreground": 0.5}
 ROUND_TRIP_PARAMS = {
@@ -400,11 +401,10 @@ ROUND_TRIP_PARAMS = {
     ("2d", "BCDv2"): {"data_remove_small_obj": 5, "voronoi_on_mask": True, "data_mw_th_distance": 8.5},
     ("3d", "BC"): {"data_remove_small_obj": 5, "voronoi_on_mask": True},
     ("3d", "BCD"): {"data_remove_small_obj": 5, "voronoi_on_mask": True, **RELAXED_3D},
-    ("3d", "BP"): {},
+    ("3d", "BP"): {"grow_into_contour": 1},
     ("3d", "BCDv2"): {"data_remove_small_obj": 5, "voronoi_on_mask": True, "data_mw_th_distance": 9.5},
 }
 ROUND_TRIP_MIN_F1 = {key: 0.95 for key in ROUND_TRIP_PARAMS}
-ROUND_TRIP_MIN_F1[("3d", "BP")] = 0.8
 F1_TABLE: dict[tuple[str, str], float] = {}
 
 
@@ -454,7 +454,7 @@ def test_channels_round_trip_on_em_ground_truth(ground_truth, dims, channel_set,
 
 
 def test_3d_bp_misses_only_the_contour_shell(ground_truth):
-    """Why 3D BP stays below 0.95: scored against the insides (B) it passes."""
+    """Why 3D BP needs grow_into_contour: without it, it scores 0.95 only against the insides (B)."""
     from stardist.matching import matching
 
     truth = ground_truth["3d"][0]
@@ -464,3 +464,22 @@ def test_3d_bp_misses_only_the_contour_shell(ground_truth):
     against_insides = matching(remove_small_instances(insides, 50), remove_small_instances(found, 50), thresh=0.5)
     against_truth = matching(remove_small_instances(truth, 50), remove_small_instances(found, 50), thresh=0.5)
     assert against_insides.f1 >= 0.95 > against_truth.f1
+
+
+def test_grow_into_contour_restores_the_contour_shell():
+    # Two touching squares: BP's instances are the insides; growing by the
+    # contour thickness gives back exactly the truth.
+    truth = np.zeros((12, 20), np.int64)
+    truth[2:10, 2:10] = 1
+    truth[2:10, 10:18] = 2
+    bp = instance_channels(truth, "BP")
+    plain = segment_channels(bp, "BP", data_remove_small_obj=0)
+    grown = segment_channels(bp, "BP", data_remove_small_obj=0, grow_into_contour=1)
+    assert np.count_nonzero(plain) < np.count_nonzero(truth)
+    np.testing.assert_array_equal(grown, truth)
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True])
+def test_grow_into_contour_must_be_a_voxel_count(value):
+    with pytest.raises(ValueError, match="grow_into_contour must be an integer >= 0"):
+        segment_channels(np.zeros((2, 4, 4)), "BP", grow_into_contour=value)
