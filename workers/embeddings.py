@@ -191,7 +191,12 @@ def _project(embeddings: np.ndarray, mean: np.ndarray, components: np.ndarray) -
     """(n, *spatial) projections of (E, *spatial) embeddings onto ``components``."""
     n_features = embeddings.shape[0]
     flat = embeddings.reshape(n_features, -1)
-    projected = components @ flat.astype(np.float64, copy=False) - (components @ mean)[:, None]
+    # float32 embeddings are projected in float32: a preview block of 4
+    # Mvoxel x 16 channels would otherwise need a 0.5 GB float64 copy, for
+    # colours that end up as 8-bit values.
+    dtype = np.float32 if flat.dtype == np.float32 else np.float64
+    projected = components.astype(dtype) @ flat.astype(dtype, copy=False)
+    projected -= (components @ mean).astype(dtype)[:, None]
     return projected.reshape((len(components),) + embeddings.shape[1:])
 
 
