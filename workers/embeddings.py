@@ -1009,8 +1009,9 @@ def segment_embeddings_mws(
     edges for the offsets of L1 length > 1. Each edge gets a dissimilarity
     ``w = weight_function(d)`` of the distance ``d`` of its two embeddings
     (``w = d`` without a weight function). Attractive edges act in order of
-    ``max(w_attractive) - w`` and repulsive ones of ``w + bias``, compared
-    directly (:func:`workers.mutex.mutex_watershed`, classic mode): a
+    ``max(w_attractive) - w`` (the maximum over every face edge of the array,
+    masked or not, so a mask removes edges without reordering the others)
+    and repulsive ones of ``w + bias``, compared directly (:func:`workers.mutex.mutex_watershed`, classic mode): a
     positive bias splits more, a negative one merges more.
 
     Parameters
