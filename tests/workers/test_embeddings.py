@@ -11,7 +11,12 @@ from scipy import ndimage as ndi
 
 from workers import embeddings as emb
 
-elf_embeddings = pytest.importorskip("elf.segmentation.embeddings")
+
+
+@pytest.fixture
+def elf_embeddings():
+    """elf's embedding functions, the oracle (the other tests run without it)."""
+    return pytest.importorskip("elf.segmentation.embeddings")
 
 
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
@@ -56,7 +61,7 @@ OFFSETS_3D = [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [-2, 0, 0], [0, -3, 0], [0, 0,
 
 
 @pytest.mark.parametrize("shape", [(20, 24), (6, 10, 12)])
-def test_embedding_pca_equals_elf_up_to_sign(shape):
+def test_embedding_pca_equals_elf_up_to_sign(shape, elf_embeddings):
     rng = np.random.default_rng(0)
     embeddings = (rng.normal(size=(6,) + shape) * np.arange(1, 7).reshape((6,) + (1,) * len(shape))).astype(np.float32)
     expected = elf_embeddings.embedding_pca(embeddings, n_components=3, as_rgb=False)
@@ -182,7 +187,7 @@ def test_tiled_view_with_enough_halo_equals_untiled_view():
 
 
 @pytest.mark.parametrize("shape, offsets", [((20, 24), OFFSETS_2D + [[2, -2]]), ((6, 10, 12), OFFSETS_3D + [[1, 2, -2]])])
-def test_affinities_equal_elf(shape, offsets):
+def test_affinities_equal_elf(shape, offsets, elf_embeddings):
     rng = np.random.default_rng(5)
     # distances around 1: a mix of zero, partial and near-one affinities
     embeddings = (0.3 * rng.normal(size=(5,) + shape)).astype(np.float32)
@@ -206,7 +211,7 @@ def test_affinities_hand_computed():
 
 
 @pytest.mark.parametrize("shape", [(24, 30), (8, 12, 12)])
-def test_edge_probabilities_equal_elf(shape):
+def test_edge_probabilities_equal_elf(shape, elf_embeddings):
     from elf.segmentation.features import compute_rag
 
     rng = np.random.default_rng(6)
@@ -228,7 +233,7 @@ def test_edge_probabilities_equal_elf(shape):
 
 
 @pytest.mark.parametrize("shape", [(16, 20), (5, 10, 10)])
-def test_mean_shift_equals_elf(shape):
+def test_mean_shift_equals_elf(shape, elf_embeddings):
     rng = np.random.default_rng(7)
     labels = ndi.zoom(rng.integers(0, 6, size=tuple(-(-s // 3) for s in shape)), 3, order=0)[tuple(slice(s) for s in shape)]
     assert labels.shape == shape
@@ -296,7 +301,7 @@ def test_consistency_keeps_what_both_embeddings_agree_on_in_3d():
 
 @pytest.mark.parametrize("shape, offsets", [((20, 24), OFFSETS_2D), ((6, 12, 12), OFFSETS_3D)])
 @pytest.mark.parametrize("distance_type", ["l2", "cosine"])
-def test_mws_equals_elf(shape, offsets, distance_type):
+def test_mws_equals_elf(shape, offsets, distance_type, elf_embeddings):
     rng = np.random.default_rng(13)
     for bias in (0.0, 0.4):
         embeddings = rng.normal(size=(4,) + shape).astype(np.float32)
