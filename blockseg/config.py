@@ -242,10 +242,14 @@ class MwsConfig(_Strict):
     randomize_strides: bool = Field(False, description="keep repulsive edges at random with probability 1/prod(strides)")
     seed: int = Field(0, description="seed of the random strides")
     context: Optional[list[int]] = Field(None, description="nm read beyond each block; default: from the offsets")
+    stitch_band: Optional[list[int]] = Field(
+        None, description="nm on each side of a block face compared when stitching; default: half the context"
+    )
     chunk_shape: Optional[list[int]] = None
 
     _offsets = field_validator("offsets")(lambda v: _check_offsets(v))
     _ctx = field_validator("context")(lambda v: _non_negative(v, "context"))
+    _band = field_validator("stitch_band")(lambda v: _positive(v, "stitch_band"))
     _chunk = field_validator("chunk_shape")(lambda v: _positive(v, "chunk_shape"))
 
     @field_validator("strides")
@@ -270,9 +274,13 @@ class ChannelInstancesConfig(_Strict):
     )
     max_object_extent: Optional[float] = Field(None, gt=0, description="nm; the context is half of it")
     context: Optional[list[int]] = Field(None, description="nm read beyond each block; default: from max_object_extent")
+    stitch_band: Optional[list[int]] = Field(
+        None, description="nm on each side of a block face compared when stitching; default: half the context"
+    )
     chunk_shape: Optional[list[int]] = None
 
     _ctx = field_validator("context")(lambda v: _non_negative(v, "context"))
+    _band = field_validator("stitch_band")(lambda v: _positive(v, "stitch_band"))
     _chunk = field_validator("chunk_shape")(lambda v: _positive(v, "chunk_shape"))
 
     @field_validator("channel_set")

@@ -7,7 +7,10 @@ then two pieces, one per block. This module scores an RAG edge between such
 pieces so that the existing ``segments`` and ``relabel`` stages join them.
 
 The score comes from *overlap*. Around the face between blocks A and N lies a
-band: A's context inside N's write ROI and N's context inside A's write ROI.
+band: A's context inside N's write ROI and N's context inside A's write ROI
+(by default only the half of the context next to the face, where each block
+saw at least as much beyond the voxel as the other; a block's segmentation is
+least reliable at the edge of what it read).
 Both blocks segmented that band, each with its own view of the data, so the
 band carries two segmentations: A's (its halo labels in N's part, its
 fragments in its own part) and N's (the other way round). An edge ``(a, b)``
@@ -203,22 +206,26 @@ def stitch_block(
     fragments_url: str,
     halos_url: str,
     ids_per_block: int,
+    band: Sequence[int] | None = None,
 ) -> BlockOutput:
     """Score the edges between this block's pieces and those of the blocks after it.
 
     ``grid`` is the fragment stage's grid (with its context), so
-    ``block.read_roi`` is the region the block segmented.
+    ``block.read_roi`` is the region the block segmented. ``band`` (nm, at
+    most the context) limits the compared region to that distance from the
+    face; default: the whole context.
     """
     fragments_volume = open_volume(fragments_url)
     halos = open_volume(halos_url)
     layout = HaloLayout.of(grid)
     data = fragments_volume.roi
+    reach = tuple(grid.context) if band is None else tuple(min(b, c) for b, c in zip(band, grid.context))
     us, vs, scores = [], [], []
     for other_id in _neighbours(grid, block):
         other = grid.block(other_id)
         # the band: this block's context inside the other's write ROI and back
-        mine_there = block.read_roi.intersect(other.write_roi).intersect(data)
-        theirs_here = other.read_roi.intersect(block.write_roi).intersect(data)
+        mine_there = block.write_roi.grow(reach).intersect(other.write_roi).intersect(data)
+        theirs_here = other.write_roi.grow(reach).intersect(block.write_roi).intersect(data)
         view_a, view_b = [], []
         if not mine_there.empty:
             view_a.append(global_ids(_read_halo(halos, layout, grid, block, mine_there), block.block_id, ids_per_block).ravel())
