@@ -121,6 +121,12 @@ def test_mws_blockwise_within_005_voi_of_whole(tmp_path, inputs, client):
     assert voi_whole < 0.3, voi_whole
     assert abs(voi_blocks - voi_whole) <= 0.05, (voi_blocks, voi_whole)
     assert voi_pieces > voi_blocks + 0.3, (voi_pieces, voi_blocks)
+    # check 3: F1 at IoU 0.5 of the stitched instances; the background has an
+    # embedding of its own here, so its pieces are segments too: leave them out
+    from blockseg.evaluate import matching
+
+    stats = matching(truth, np.where(truth > 0, blockwise, 0), 0.5)[0]
+    assert stats.f1 >= 0.9 and stats.tp == len(np.unique(truth)) - 1, stats
     # the pipeline's own evaluation agrees with the one here
     assert run.scores["thresholds"]["0.5"]["voi_sum"] == pytest.approx(voi_blocks, abs=1e-9)
     # ids are unique per block: a piece's home block is id // ids_per_block
@@ -201,6 +207,22 @@ def test_channel_instances_blockwise_close_to_whole(tmp_path, inputs, client):
     assert voi_whole < 0.5, voi_whole
     assert abs(voi_blocks - voi_whole) <= 0.05, (voi_blocks, voi_whole)
     assert _voi(pieces, truth) > voi_blocks + 0.3
+
+
+def test_channel_instances_read_the_channels_stage(tmp_path, inputs, client):
+    """Without input.channels, channel_instances reads (and waits for) the channels stage's output."""
+    path = _config(tmp_path, inputs, input_keys=(), channels={"channel_set": "BC"}, channel_instances={
+        "channel_set": "BC", "max_object_extent": 400, "parameters": {"voronoi_on_mask": True},
+    })
+    run, reports = _run(path, client)
+    assert {"channels", "channel_instances", "stitch", "relabel"} <= set(reports)
+    np.testing.assert_allclose(read_dataset(run.dataset_url("channels")), inputs["channels"], atol=1e-6)
+    assert _voi(read_dataset(run.segmentation_url(0.5)), inputs["labels"]) < 0.5
+    # changing the channels stage recomputes the instances from its new output
+    changed = _config(tmp_path, inputs, input_keys=(), channels={"channel_set": "BC", "contour_thickness": 2},
+                      channel_instances={"channel_set": "BC", "max_object_extent": 400})
+    _, again = _run(changed, client)
+    assert again["channels"].submitted == again["channel_instances"].submitted == 8
 
 
 def _seam_jumps(rgb: np.ndarray, labels: np.ndarray, axis: int, seam: int) -> tuple[float, float]:
