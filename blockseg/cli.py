@@ -135,7 +135,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from blockseg.config import ConfigError
 
         raise ConfigError("config error: input.ground_truth: required by evaluate")
-    return _run(config, ["evaluate"], restart=False)
+    iou_thresholds = None
+    if args.matching is not None:
+        from blockseg.config import ConfigError
+        from blockseg.evaluate import check_thresholds
+
+        try:  # checked before the run, so a typo costs nothing
+            iou_thresholds = check_thresholds(args.matching)
+        except ValueError as error:
+            raise ConfigError(f"--matching: {error}") from None
+    code = _run(config, ["evaluate"], restart=False)
+    if iou_thresholds is not None:
+        import json
+
+        from blockseg.evaluate import format_matching, matching_of_run
+        from blockseg.pipeline import open_run
+
+        # from the stored contingency tables, node sizes and LUTs: no pass over the volume
+        run = open_run(config)
+        try:
+            table = matching_of_run(run, iou_thresholds)
+        finally:
+            run.store.close()
+        path = Path(args.matching_json) if args.matching_json else config.output_dir / "matching.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(table, indent=2))
+        print(format_matching(table))
+        print(f"matching: {path}")
+    return code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -198,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="VOI and Rand scores per threshold against the ground truth")
     evaluate.add_argument("config")
+    evaluate.add_argument("--matching", type=float, nargs="+", metavar="IOU",
+                          help="also instance matching (StarDist/BiaPy: precision, recall, F1, PQ, ...) "
+                          "at these IoU thresholds, e.g. 0.5 0.75")
+    evaluate.add_argument("--matching-json", metavar="PATH",
+                          help="where the full matching table goes (default: OUTPUT/matching.json)")
     common(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
