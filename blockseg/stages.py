@@ -11,11 +11,11 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from blockseg.blocks import Block
+from blockseg.blocks import Block, BlockGrid
 from blockseg.graph.base import BlockOutput, Edges, Nodes
 from blockseg.segments import read_lut_range
 from blockseg.volume import open_volume
@@ -290,11 +290,11 @@ def embeddings_to_affinities_block(
 
 def _instances_block(
     block: Block,
-    segment,
+    segment: Callable[[np.ndarray], np.ndarray],
     input_url: str,
     fragments_url: str,
     halos_url: str,
-    grid,
+    grid: BlockGrid,
     ids_per_block: int,
 ) -> BlockOutput:
     """Segment the read ROI, keep the write ROI as global fragments and the rest as the block's halo.
@@ -363,7 +363,7 @@ def mws_block(
     delta: float | None,
     fragments_url: str,
     halos_url: str,
-    grid,
+    grid: BlockGrid,
     ids_per_block: int,
     offsets: Sequence[Sequence[int]],
     bias: float | Sequence[float],
@@ -406,7 +406,7 @@ def channel_instances_block(
     channels_url: str,
     fragments_url: str,
     halos_url: str,
-    grid,
+    grid: BlockGrid,
     ids_per_block: int,
     channel_set: str,
     parameters: dict,
