@@ -163,21 +163,29 @@ def _kvstore(container: str) -> dict:
 def open_n5(container: str, dataset: str, url: str) -> tuple[TensorstoreArray, tuple[int, ...], tuple[int, ...], tuple[str, ...]]:
     """An N5 dataset with its voxel size and offset (``resolution`` / ``pixelResolution``, ``offset``)."""
     ts = _tensorstore()
-    try:
-        store = ts.open({"driver": "n5", "kvstore": _kvstore(container), "path": dataset}, open=True, read=True).result()
-    except ValueError as error:
-        raise FormatError(f"{url}: cannot open as N5 ({str(error).splitlines()[0]})") from None
     attrs = _read_json(container, f"{dataset}/attributes.json", url)
+    rank = len(attrs.get("dimensions", ()))
     resolution = attrs.get("resolution")
     if resolution is None and isinstance(attrs.get("pixelResolution"), Mapping):
         resolution = attrs["pixelResolution"].get("dimensions")
     if resolution is None:
         raise FormatError(f"{url}: no 'resolution' (or pixelResolution) attribute; blockseg needs the voxel size in nm")
-    spatial = len(resolution)
+    if len(resolution) != rank and "resolution" in attrs:
+        # tensorstore reads 'resolution' as one entry per dimension (x, y, z, c)
+        raise FormatError(
+            f"{url}: 'resolution' has {len(resolution)} entries for {rank} dimensions; "
+            f"give one per dimension, x first (e.g. [8, 8, 40, 1] for x, y, z, channels)"
+        )
+    try:
+        store = ts.open({"driver": "n5", "kvstore": _kvstore(container), "path": dataset}, open=True, read=True).result()
+    except ValueError as error:
+        raise FormatError(f"{url}: cannot open as N5 ({str(error).splitlines()[0]})") from None
+    # blockseg's arrays end with (z, y, x); dimensions before them are channels
+    spatial = min(3, rank)
     # N5 lists axes x first: reverse to blockseg's (c, z, y, x)
-    voxel_size = _whole_nm(list(resolution)[::-1], "resolution", url)
-    offset = _whole_nm(list(attrs.get("offset", [0] * spatial))[::-1], "offset", url)
-    names = tuple([f"c{i}" for i in range(store.rank - spatial)] + ["z", "y", "x"][-spatial:])
+    voxel_size = _whole_nm(list(resolution)[::-1][-spatial:], "resolution", url)
+    offset = _whole_nm(list(attrs.get("offset", [0] * rank))[::-1][-spatial:], "offset", url)
+    names = tuple([f"c{i}" for i in range(rank - spatial)] + ["z", "y", "x"][-spatial:])
     return TensorstoreArray(store.T, attrs), voxel_size, offset, names
 
 
