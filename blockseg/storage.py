@@ -193,6 +193,11 @@ def explain(url: str | Path, error: BaseException) -> str:
     where = describe_endpoint(url)
     if "EndpointConnectionError" in name or "ConnectTimeout" in name or "ConnectionError" in name:
         return f"{url}: cannot reach the storage endpoint{where} ({text})"
+    if "NoCredentials" in name:
+        return (
+            f"{url}: no credentials found; set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, name a profile "
+            f"in storage.options, or set anon: true for a public bucket"
+        )
     if isinstance(error, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
         return f"{url}: access denied{where}; check the credentials in the environment or profile"
     if isinstance(error, FileNotFoundError):
