@@ -121,5 +121,5 @@ def prepare_storage(config: PipelineConfig) -> None:
 
 
 def _urls(config: PipelineConfig) -> list[str]:
-    inputs = [config.input.raw, config.input.affinities, config.input.ground_truth]
-    return [config.volumes_url] + [config.resolve(url) for url in inputs if url]
+    inputs = [url for url in config.input.model_dump().values() if isinstance(url, str)]
+    return [config.volumes_url] + [config.resolve(url) for url in inputs]
