@@ -263,8 +263,6 @@ def open_volume(url: str | Path, mode: str = "r") -> Volume:
             level, voxel_size, offset, names = ome_geometry(dict(node.attrs), None, text)
             array = node[level]
             return Volume(array, text, voxel_size, offset, names)
-        if not dataset and not isinstance(node, zarr.Array):
-            raise VolumeError(f"{url}: names a container, not a dataset inside it")
         attrs = dict(node.attrs)
         if "voxel_size" not in attrs and "resolution" not in attrs:
             geometry = _parent_ome(container, dataset, mode, text)
