@@ -88,7 +88,7 @@ def _run(config, stages: Sequence[str] | None, restart: bool) -> int:
     if run.scores is not None:
         print(format_scores(run.scores))
         print(f"scores: {config.output_dir / 'scores.json'}")
-    print(f"outputs: {config.output_dir / 'volumes.zarr'} (fragments, segmentation/threshold_*), "
+    print(f"outputs: {config.volumes_url} (fragments, segmentation/threshold_*), "
           f"graph: {config.graph_url}, in {time.perf_counter() - start:.1f} s")
     return 0
 

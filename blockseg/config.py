@@ -412,6 +412,59 @@ class SchedulerConfig(_Strict):
     check_inputs: bool = Field(True, description="scan inputs for NaN / out-of-range values before the run")
 
 
+CODEC_NAMES = ("blosc-zstd", "blosc-lz4", "zstd", "none")
+
+
+class OutputStorageConfig(_Strict):
+    """How one output dataset is laid out: shards, inner chunks and codec."""
+
+    sharded: bool = Field(True, description="one object per shard (default: the block) holding its inner chunks")
+    shard_shape: Optional[list[int]] = Field(None, description="voxels (z, y, x); default: the block shape")
+    chunk_shape: Optional[list[int]] = Field(
+        None, description="inner chunk voxels; default: the stage's chunk_shape, else up to 64 per axis"
+    )
+    codec: Literal["blosc-zstd", "blosc-lz4", "zstd", "none"] = "blosc-zstd"
+    level: Optional[int] = Field(None, ge=0, le=22, description="compression level; default: the codec's")
+
+    _shard = field_validator("shard_shape")(lambda v: _positive(v, "shard_shape"))
+    _chunk = field_validator("chunk_shape")(lambda v: _positive(v, "chunk_shape"))
+
+
+class StorageConfig(_Strict):
+    """Where output volumes go and how they are stored."""
+
+    volumes: Optional[str] = Field(
+        None, description="container for output volumes: a path, file:// or s3://bucket/path.zarr; default <output>/volumes.zarr"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec storage_options for s3:// URLs (endpoint_url, profile, config_kwargs); no credentials",
+    )
+    outputs: dict[str, OutputStorageConfig] = Field(
+        default_factory=dict, description="layout per output (fragments, segmentation, affinities, ...) or 'default'"
+    )
+
+    @field_validator("options")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from blockseg.storage import find_secrets
+
+        secrets = find_secrets(value)
+        if secrets:
+            raise ValueError(
+                f"{', '.join(secrets)}: credentials are not accepted in a config (they would reach logs); "
+                f"set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment or name a profile"
+            )
+        return value
+
+    @field_validator("volumes")
+    @classmethod
+    def _zarr_container(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not value.rstrip("/").endswith(".zarr"):
+            raise ValueError(f"volumes {value!r} must name a zarr container ending in .zarr")
+        return value
+
+
 class RoiConfig(_Strict):
     offset: list[int]
     shape: list[int]
@@ -428,10 +481,21 @@ class PipelineConfig(_Strict):
     stages: StagesConfig = Field(default_factory=StagesConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
     base_dir: Path = Field(default=Path("."), exclude=True, description="set by load_config")
 
     _block = field_validator("block_shape")(lambda v: _positive(v, "block_shape"))
+
+    @field_validator("output")
+    @classmethod
+    def _local_output(cls, value: str) -> str:
+        if "://" in value and not value.startswith("file://"):
+            raise ValueError(
+                f"{value!r}: the output folder holds the graph store, lookup tables and logs and must be local; "
+                f"put the volumes on object storage with storage.volumes"
+            )
+        return value.removeprefix("file://")
 
     @model_validator(mode="after")
     def _one_instance_source(self) -> "PipelineConfig":
@@ -454,13 +518,22 @@ class PipelineConfig(_Strict):
 
     # -- resolved paths ------------------------------------------------------
     def resolve(self, path: str) -> str:
-        """A path from the config, taken relative to the config's folder."""
+        """A path from the config, taken relative to the config's folder (URLs stay as they are)."""
+        if "://" in path:
+            return path
         p = Path(path).expanduser()
         return str(p if p.is_absolute() else (self.base_dir / p))
 
     @property
     def output_dir(self) -> Path:
         return Path(self.resolve(self.output))
+
+    @property
+    def volumes_url(self) -> str:
+        """The zarr container of the output volumes (local path or URL)."""
+        if self.storage.volumes:
+            return self.resolve(self.storage.volumes)
+        return str(self.output_dir / "volumes.zarr")
 
     @property
     def graph_url(self) -> str:

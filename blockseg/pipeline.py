@@ -33,8 +33,10 @@ from blockseg.config import ConfigError, PipelineConfig
 from blockseg.geometry import Roi
 from blockseg.graph import GraphStore, StoreError, open_store
 from blockseg.graph.base import BlockOutput, StageState
+from blockseg.layout import check_layouts, output_layout, prepare_storage
 from blockseg.scheduler import StageFailed, StageReport, run_stage, workers_info
 from blockseg.segments import connected_component_luts
+from blockseg.storage import install_on_workers
 from blockseg.volume import TOKEN_ATTR, Volume, VolumeError, create_volume, open_volume
 from workers import evaluate as evaluate_worker
 
@@ -188,7 +190,7 @@ class Run:
         return self.config.output_dir
 
     def dataset_url(self, name: str) -> str:
-        return str(self.output_dir / "volumes.zarr" / name)
+        return f"{self.config.volumes_url}/{name}"
 
     @property
     def fragments_url(self) -> str:
@@ -237,6 +239,7 @@ def open_run(config: PipelineConfig, restart: bool = False) -> Run:
     InputError, ConfigError, StoreError
         With a one-line message, before anything is written.
     """
+    prepare_storage(config)
     affinities = None
     if config.input.affinities:
         affinities = _open_input(config.resolve(config.input.affinities), "input.affinities")
@@ -264,6 +267,7 @@ def open_run(config: PipelineConfig, restart: bool = False) -> Run:
     reference = next(v for v in (affinities, embeddings, channels, raw, truth) if v is not None)
     total_roi = _total_roi(config, reference)
     _check_blocks(config, reference, total_roi)
+    check_layouts(config, reference.voxel_size)
     check_targets(config, reference.voxel_size)
     embedding_stages.check_config(config, affinities, embeddings, channels, truth)
     wanted = [n for n in TARGET_STAGES if getattr(config.stages, n) is not None]
@@ -919,14 +923,26 @@ def is_current(run: Run, stage: Stage) -> bool:
     return _outputs_intact(run, stage, state.token)
 
 
+def _output_layout(run: Run, spec: OutputSpec) -> dict:
+    """Chunks, shards and codec of an output, from ``storage.outputs`` in the config."""
+    if not spec.aligned:
+        # laid out on its own grid (halo slots): blocks do not write whole block-sized shards of it
+        return {"chunk_shape": spec.chunk_shape}
+    name = spec.url[len(run.config.volumes_url) + 1 :].split("/")[0]
+    # a chunk_shape equal to the block is the stage's default, not a setting
+    stage_chunk = spec.chunk_shape if tuple(spec.chunk_shape) != run.block_voxels else None
+    return output_layout(run.config, name, run.block_voxels, stage_chunk)
+
+
 def reset_stage(run: Run, stage: Stage) -> StageState:
     """Drop a stage's results and create its outputs afresh under a new token."""
     run.store.drop_stage(stage.name)
     token = uuid.uuid4().hex
     for spec in stage.outputs(run):
+        layout = _output_layout(run, spec)
         create_volume(
-            spec.url, spec.roi or run.total_roi, run.voxel_size, spec.dtype, spec.chunk_shape, spec.channels,
-            axis_names=spec.axis_names, attrs={**spec.attrs, TOKEN_ATTR: token},
+            spec.url, spec.roi or run.total_roi, run.voxel_size, spec.dtype, layout.pop("chunk_shape"), spec.channels,
+            axis_names=spec.axis_names, attrs={**spec.attrs, TOKEN_ATTR: token}, **layout,
         )
     if stage.name == "segments":
         run.store.drop_luts()
@@ -962,6 +978,7 @@ def run_one_stage(run: Run, stage: Stage, client: Client, restart: bool = False)
     """Run a stage, resuming from the ledger unless it is stale or ``restart``."""
     _check_needs(run, stage)
     run.client = client
+    install_on_workers(client)
     if stage.name == "check":
         return _run_check(run, stage)
     current = is_current(run, stage)

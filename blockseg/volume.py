@@ -7,7 +7,13 @@ OME-Zarr style ``multiscales`` entry describing the array as a single scale
 level, so other tools find the same geometry.
 
 Arrays are addressed as ``path/to/container.zarr/dataset/path``: the part up
-to and including the first component that ends in ``.zarr`` is the container.
+to and including the first component that ends in ``.zarr`` (or ``.n5``) is
+the container. The container may be a local path, a ``file://`` URL or an
+object-store URL such as ``s3://bucket/run/volumes.zarr`` (see
+:mod:`blockseg.storage`). Besides blockseg's own arrays, :func:`open_volume`
+reads zarr v2 arrays (daisy / funlib ``resolution`` and ``offset``
+attributes), OME-Zarr multiscale groups, and through tensorstore N5 datasets
+and ``precomputed://`` volumes.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
+from blockseg import storage
+from blockseg.formats import FormatError, TensorstoreArray, ome_geometry, ome_multiscales, open_n5, open_precomputed
 from blockseg.geometry import Coordinate, Roi, coordinate
 
 TOKEN_ATTR = "blockseg_token"
@@ -41,13 +49,13 @@ def split_array_url(url: str | Path) -> tuple[str, str]:
     text = str(url).rstrip("/")
     parts = text.split("/")
     for i, part in enumerate(parts):
-        if part.endswith(".zarr"):
+        if part.endswith((".zarr", ".n5")):
             container = "/".join(parts[: i + 1]) or "/"
             dataset = "/".join(parts[i + 1 :])
             if not dataset:
                 raise VolumeError(f"{url}: names a container, not a dataset inside it")
             return container, dataset
-    raise VolumeError(f"{url}: expected 'container.zarr/dataset' (no '.zarr' component found)")
+    raise VolumeError(f"{url}: expected 'container.zarr/dataset' (no '.zarr' or '.n5' component found)")
 
 
 def _ome_multiscales(axis_names: Sequence[str], voxel_size: Coordinate, offset: Coordinate, channels: int) -> list[dict]:
@@ -172,30 +180,133 @@ def _read_geometry(array: zarr.Array, url: str) -> tuple[Coordinate, Coordinate,
     return voxel_size, offset, tuple(names)
 
 
+def _open_node(container: str, dataset: str, mode: str, url: str):
+    """The zarr array or group at ``dataset`` (zarr v3 or v2, found by zarr)."""
+    if storage.is_remote(container):
+        store = storage.zarr_store(container, read_only=mode == "r")
+    else:
+        path = storage.local_path(container)
+        if not path.exists():
+            raise VolumeError(f"{url}: container {container} does not exist")
+        store = storage.zarr_store(path, read_only=mode == "r")
+    try:
+        return zarr.open(store, path=dataset, mode=mode)
+    except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError, zarr.errors.NodeTypeValidationError) as error:
+        if storage.is_remote(container):
+            if not isinstance(error, (KeyError, zarr.errors.NodeNotFoundError)):
+                raise VolumeError(storage.explain(url, error)) from None
+            # say "no such bucket" or "endpoint unreachable" rather than "no array" where that is the cause
+            try:
+                storage.check_container(container)
+            except storage.StorageError as problem:
+                raise VolumeError(f"{url}: {problem}") from None
+        raise VolumeError(f"{url}: no array '{dataset}' in {container}") from error
+    except Exception as error:  # an object store's connection / permission errors
+        if storage.is_remote(container):
+            raise VolumeError(storage.explain(url, error)) from None
+        raise
+
+
+def _parent_ome(container: str, dataset: str, mode: str, url: str):
+    """The OME-Zarr geometry the parent group gives an array (``image.ome.zarr/0``), if any."""
+    parent, _, level = dataset.rpartition("/")
+    try:
+        group = _open_node(container, parent, "r", url) if parent or dataset else None
+    except VolumeError:
+        return None
+    if not isinstance(group, zarr.Group) or not ome_multiscales(dict(group.attrs)):
+        return None
+    try:
+        _, voxel_size, offset, names = ome_geometry(dict(group.attrs), level, url)
+    except FormatError:
+        return None
+    return voxel_size, offset, names
+
+
 def open_volume(url: str | Path, mode: str = "r") -> Volume:
-    """Open the array at ``container.zarr/dataset``.
+    """Open the array at ``container.zarr/dataset`` (or an OME-Zarr group, an N5 dataset ...).
+
+    Parameters
+    ----------
+    url : str or Path
+        ``container.zarr/dataset`` with the container a local path, a
+        ``file://`` or an ``s3://`` URL; ``image.ome.zarr`` or
+        ``container.zarr/group`` for an OME-Zarr multiscale group (level 0
+        is read); ``container.n5/dataset`` or ``precomputed://PATH`` for
+        inputs read through tensorstore.
+    mode : str
+        ``"r"`` or ``"r+"``.
 
     Raises
     ------
     VolumeError
-        If the container or the dataset does not exist or lacks a voxel size.
+        If the container or the dataset does not exist, cannot be reached or
+        lacks a voxel size.
     """
-    container, dataset = split_array_url(url)
-    if not Path(container).exists():
-        raise VolumeError(f"{url}: container {container} does not exist")
+    text = str(url)
     try:
-        array = zarr.open_array(container, path=dataset, mode=mode)
-    except (FileNotFoundError, KeyError, zarr.errors.ArrayNotFoundError, zarr.errors.NodeTypeValidationError) as error:
-        raise VolumeError(f"{url}: no array '{dataset}' in {container}") from error
-    voxel_size, offset, names = _read_geometry(array, str(url))
-    return Volume(array, str(url), voxel_size, offset, names)
+        if text.startswith("precomputed://"):
+            array, voxel_size, offset, names = open_precomputed(text)
+            return Volume(array, text, voxel_size, offset, names)  # type: ignore[arg-type]
+        try:
+            container, dataset = split_array_url(url)
+        except VolumeError:
+            if not text.rstrip("/").endswith(".zarr"):
+                raise
+            container, dataset = text.rstrip("/"), ""  # a container that is itself an OME-Zarr image
+        if container.endswith(".n5"):
+            array, voxel_size, offset, names = open_n5(container, dataset, text)
+            return Volume(array, text, voxel_size, offset, names)  # type: ignore[arg-type]
+        node = _open_node(container, dataset, mode, text)
+        if isinstance(node, zarr.Group):
+            # an OME-Zarr image: read its finest level
+            level, voxel_size, offset, names = ome_geometry(dict(node.attrs), None, text)
+            array = node[level]
+            return Volume(array, text, voxel_size, offset, names)
+        attrs = dict(node.attrs)
+        if "voxel_size" not in attrs and "resolution" not in attrs:
+            geometry = _parent_ome(container, dataset, mode, text)
+            if geometry is not None:
+                return Volume(node, text, *geometry)
+        voxel_size, offset, names = _read_geometry(node, text)
+        return Volume(node, text, voxel_size, offset, names)
+    except (FormatError, storage.StorageError) as error:
+        raise VolumeError(str(error)) from None
+
+
+# codec names a config may give, and what they are for
+CODECS = ("blosc-zstd", "blosc-lz4", "zstd", "none")
+
+
+def make_compressors(codec: str, dtype: Any, level: int | None = None) -> list:
+    """The zarr v3 compressors for ``codec``.
+
+    ``blosc-zstd`` (default) and ``blosc-lz4`` shuffle bytes (bits for
+    1-byte types) before compressing, which is what makes uint64 labels and
+    float affinities small; ``zstd`` compresses the raw bytes; ``none`` stores
+    them as they are.
+
+    Examples
+    --------
+    >>> make_compressors("zstd", "uint64")[0].level
+    3
+    """
+    if codec not in CODECS:
+        raise VolumeError(f"unknown codec {codec!r}; expected one of {', '.join(CODECS)}")
+    if codec == "none":
+        return []
+    if codec == "zstd":
+        return [ZstdCodec(level=3 if level is None else level)]
+    itemsize = np.dtype(dtype).itemsize
+    shuffle = BloscShuffle.bitshuffle if itemsize == 1 else BloscShuffle.shuffle
+    cname = codec.split("-", 1)[1]
+    clevel = (3 if cname == "zstd" else 5) if level is None else level
+    return [BloscCodec(cname=cname, clevel=clevel, shuffle=shuffle, typesize=itemsize)]
 
 
 def default_compressor(dtype: np.dtype) -> BloscCodec:
     """Blosc-zstd with shuffle: labels and affinities compress well with it."""
-    itemsize = np.dtype(dtype).itemsize
-    shuffle = BloscShuffle.bitshuffle if itemsize == 1 else BloscShuffle.shuffle
-    return BloscCodec(cname="zstd", clevel=3, shuffle=shuffle, typesize=itemsize)
+    return make_compressors("blosc-zstd", dtype)[0]
 
 
 def create_volume(
@@ -208,13 +319,16 @@ def create_volume(
     axis_names: Sequence[str] | None = None,
     fill_value: float = 0,
     attrs: dict | None = None,
+    shard_shape: Sequence[int] | None = None,
+    codec: str = "blosc-zstd",
+    level: int | None = None,
 ) -> Volume:
     """Create (or replace) an array covering ``roi`` and give it a fresh token.
 
     Parameters
     ----------
     url : str or Path
-        ``container.zarr/dataset``; the container is created if needed.
+        ``container.zarr/dataset``; the container (local or ``s3://``) is created if needed.
     roi : Roi
         World ROI of the data; must be aligned to ``voxel_size``.
     voxel_size : sequence of int
@@ -222,9 +336,17 @@ def create_volume(
     dtype : dtype-like
         Element type.
     chunk_shape : sequence of int
-        Spatial chunk shape in voxels (channels are never chunked).
+        Spatial chunk shape in voxels (channels are never chunked); the inner
+        chunks when ``shard_shape`` is given.
     channels : sequence of int
         Shape of the leading channel axes.
+    shard_shape : sequence of int, optional
+        Spatial shard shape in voxels, a whole number of chunks: each shard is
+        one stored object holding its chunks. None: no sharding.
+    codec : str
+        One of :data:`CODECS`.
+    level : int, optional
+        Compression level; None: the codec's default.
     """
     container, dataset = split_array_url(url)
     voxel_size = coordinate(voxel_size)
@@ -240,32 +362,44 @@ def create_volume(
         TOKEN_ATTR: uuid.uuid4().hex,
     }
     attributes.update(attrs or {})
-    root = zarr.open_group(container, mode="a")
-    # Make the intermediate groups explicitly so the container stays a valid hierarchy.
-    parts = dataset.split("/")
-    group = root
-    for part in parts[:-1]:
-        group = group.require_group(part)
-    array = zarr.create_array(
-        container,
-        name=dataset,
-        shape=tuple(channels) + tuple(shape),
-        chunks=tuple(channels) + tuple(int(c) for c in chunk_shape),
-        dtype=dtype,
-        fill_value=fill_value,
-        compressors=[default_compressor(np.dtype(dtype))],
-        attributes=attributes,
-        dimension_names=list(names),
-        overwrite=True,
-    )
+    shards = None
+    if shard_shape is not None:
+        if any(s % c for s, c in zip(shard_shape, chunk_shape)):
+            raise VolumeError(
+                f"{url}: shard shape {list(shard_shape)} is not a whole number of chunks {list(chunk_shape)}"
+            )
+        shards = tuple(channels) + tuple(int(s) for s in shard_shape)
+    store = storage.zarr_store(container)
+    try:
+        root = zarr.open_group(store, mode="a")
+        # Make the intermediate groups explicitly so the container stays a valid hierarchy.
+        parts = dataset.split("/")
+        group = root
+        for part in parts[:-1]:
+            group = group.require_group(part)
+        array = zarr.create_array(
+            store,
+            name=dataset,
+            shape=tuple(channels) + tuple(shape),
+            chunks=tuple(channels) + tuple(int(c) for c in chunk_shape),
+            shards=shards,
+            dtype=dtype,
+            fill_value=fill_value,
+            compressors=make_compressors(codec, dtype, level),
+            attributes=attributes,
+            dimension_names=list(names),
+            overwrite=True,
+        )
+    except VolumeError:
+        raise
+    except Exception as error:
+        if storage.is_remote(container):
+            raise VolumeError(storage.explain(url, error)) from None
+        raise
     return Volume(array, str(url), voxel_size, world_offset, names)
 
 
 def delete_volume(url: str | Path) -> None:
     """Remove a dataset if it exists (used by ``--restart``)."""
-    import shutil
-
     container, dataset = split_array_url(url)
-    path = Path(container) / dataset
-    if path.exists():
-        shutil.rmtree(path)
+    storage.remove(f"{container}/{dataset}")
