@@ -39,7 +39,7 @@ from workers import evaluate as evaluate_worker
 
 log = logging.getLogger("blockseg")
 
-STAGE_ORDER = ("predict", "lsds", "channels", "weights", "check", "fragments", "agglomerate", "segments", "relabel", "evaluate")
+STAGE_ORDER = ("predict", "lsds", "channels", "weights", "check", "fragments", "agglomerate", "segments", "relabel", "evaluate", "downsample")
 TARGET_STAGES = ("lsds", "channels", "weights")
 
 
@@ -177,6 +177,10 @@ def open_run(config: PipelineConfig, restart: bool = False) -> Run:
     total_roi = _total_roi(config, reference)
     _check_blocks(config, reference, total_roi)
     check_targets(config, reference.voxel_size)
+    if config.stages.downsample is not None:
+        from blockseg.pyramid import check_downsample_config
+
+        check_downsample_config(config, reference.voxel_size, total_roi)
     wanted = [n for n in TARGET_STAGES if getattr(config.stages, n) is not None]
     if wanted and truth is None:
         raise ConfigError(f"config error: stages.{wanted[0]}: needs input.ground_truth")
@@ -336,6 +340,8 @@ class Stage:
     global_step: Callable[[Run], None] | None = None
     prepare: Callable[[Run], None] | None = None
     resources: Callable[[Run], dict] | None = None
+    # creates the outputs under a token when they are not all at the run's voxel size (pyramid levels)
+    create_outputs: Callable[[Run, str], None] | None = None
 
 
 def _fragments_context(run: Run) -> tuple[int, ...]:
@@ -539,6 +545,9 @@ def _registry() -> dict[str, Stage]:
     ]
     stages += [_target_stage(name) for name in TARGET_STAGES]
     stages.append(_predict_stage())
+    from blockseg.pyramid import downsample_stage  # here: pyramid.py imports this module's names lazily
+
+    stages.append(downsample_stage())
     return {stage.name: stage for stage in stages}
 
 
@@ -807,11 +816,13 @@ def reset_stage(run: Run, stage: Stage) -> StageState:
     """Drop a stage's results and create its outputs afresh under a new token."""
     run.store.drop_stage(stage.name)
     token = uuid.uuid4().hex
-    for spec in stage.outputs(run):
+    for spec in stage.outputs(run) if stage.create_outputs is None else ():
         create_volume(
             spec.url, run.total_roi, run.voxel_size, spec.dtype, spec.chunk_shape, spec.channels,
             attrs={TOKEN_ATTR: token},
         )
+    if stage.create_outputs is not None:
+        stage.create_outputs(run, token)
     if stage.name == "segments":
         run.store.drop_luts()
     state = StageState(fingerprint(run, stage), token)
