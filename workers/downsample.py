@@ -57,7 +57,11 @@ def downsampled_shape(shape: Sequence[int], factor: Sequence[int]) -> tuple[int,
 
 
 def _windowed(array: np.ndarray, factor: tuple[int, ...]) -> np.ndarray:
-    """View an array whose trailing axes are multiples of ``factor`` as (..., windows..., window voxels)."""
+    """An array whose trailing axes are multiples of ``factor`` as (window voxel, ..., window index...).
+
+    The voxels of a window go first so that each of them is one contiguous
+    array, which is what the reducers below iterate over.
+    """
     lead = array.ndim - len(factor)
     shape = list(array.shape[:lead])
     for size, f in zip(array.shape[lead:], factor):
@@ -66,8 +70,8 @@ def _windowed(array: np.ndarray, factor: tuple[int, ...]) -> np.ndarray:
     # move the within-window axes (every second trailing axis) to the end
     outer = list(range(lead)) + [lead + 2 * i for i in range(len(factor))]
     inner = [lead + 2 * i + 1 for i in range(len(factor))]
-    moved = split.transpose(outer + inner)
-    return moved.reshape(moved.shape[: lead + len(factor)] + (-1,))
+    moved = split.transpose(inner + outer)
+    return moved.reshape((-1,) + moved.shape[len(factor):])
 
 
 def _by_region(
@@ -100,7 +104,7 @@ def _by_region(
 
 
 def _mean(windows: np.ndarray) -> np.ndarray:
-    return windows.mean(axis=-1, dtype=np.float64)
+    return windows.mean(axis=0, dtype=np.float64)
 
 
 def downsample_mean(array: np.ndarray, factor: Sequence[int]) -> np.ndarray:
@@ -138,8 +142,29 @@ def downsample_mean(array: np.ndarray, factor: Sequence[int]) -> np.ndarray:
     return means.astype(array.dtype)
 
 
+# up to this many voxels per window, counting by pairwise comparison beats sorting
+_PAIRWISE_MODE_MAX = 16
+
+
 def _mode(windows: np.ndarray) -> np.ndarray:
-    """Most frequent value of each window (last axis); ties go to the smallest value."""
+    """Most frequent value of each window (first axis); ties go to the smallest value."""
+    n = windows.shape[0]
+    if n > _PAIRWISE_MODE_MAX:
+        return _mode_by_sorting(np.moveaxis(windows, 0, -1))
+    best = windows[0].copy()
+    best_count = np.zeros(best.shape, np.int32)
+    for j in range(n):
+        count = np.zeros(best.shape, np.int32)
+        for k in range(n):
+            count += windows[k] == windows[j]
+        better = (count > best_count) | ((count == best_count) & (windows[j] < best))
+        np.copyto(best, windows[j], where=better)
+        np.copyto(best_count, count, where=better)
+    return best
+
+
+def _mode_by_sorting(windows: np.ndarray) -> np.ndarray:
+    """:func:`_mode` over the last axis, for large windows: sort, then find the longest run."""
     values = np.sort(windows, axis=-1)
     n = values.shape[-1]
     index = np.arange(n)
