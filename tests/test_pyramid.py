@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from ome_zarr.io import parse_url
@@ -121,6 +123,20 @@ def test_second_run_skips_every_block(finished, client):
     finally:
         run.store.close()
     assert reports["downsample"].skipped == reports["downsample"].total == 8
+
+
+def test_deleted_pyramid_is_written_again(finished, client):
+    config, _ = finished
+    group = config.output_dir / "volumes.zarr" / "pyramids" / "fragments"
+    before = np.asarray(list(Reader(parse_url(str(group)))())[0].data[3])
+    shutil.rmtree(group)
+    run = open_run(config)
+    try:
+        reports = run_pipeline(run, client, stages=["downsample"])
+    finally:
+        run.store.close()
+    assert reports["downsample"].succeeded == 8
+    assert np.array_equal(np.asarray(list(Reader(parse_url(str(group)))())[0].data[3]), before)
 
 
 @pytest.mark.parametrize(
