@@ -25,8 +25,9 @@ Level ``k`` has voxel size ``voxel_size * F_k`` (``F_k`` the product of the
 factors of levels 1..k) and covers the run's ROI from its corner. Its
 ``translation`` is the world position (nm) of the *centre* of its first
 voxel, ``offset + F_k * voxel_size / 2``: OME-NGFF places pixel ``i`` at
-``i * scale + translation`` and ome-zarr-py and napari read that position as
-the pixel's centre, so the levels overlay each other exactly. (blockseg's
+``i * scale + translation``, and ome-zarr-py, napari and neuroglancer (which
+shifts OME translations by half a voxel to its corner convention) read that
+position as the pixel's centre, so the levels overlay each other exactly. (blockseg's
 ``offset`` attribute is the corner of the first voxel.)
 
 Blocks

@@ -171,8 +171,10 @@ def neuroglancer_state(layers: Sequence[Layer], base_url: str) -> dict:
     """A neuroglancer state showing ``layers`` served at ``base_url`` (``http://127.0.0.1:PORT``).
 
     The global dimensions carry the first layer's voxel size in metres
-    (neuroglancer's unit); a plain array, which has no units of its own, gets
-    its voxel size and offset through the source's transform.
+    (neuroglancer's unit). A pyramid brings its scales and translations in
+    its OME metadata (neuroglancer reads an OME translation as a voxel's
+    centre, as blockseg writes it); a plain array, which has no units of its
+    own, gets its voxel size and offset (corner) through the source's transform.
     """
     first = layers[0]
     names = _axis_names(first)
@@ -185,7 +187,8 @@ def neuroglancer_state(layers: Sequence[Layer], base_url: str) -> dict:
             source: dict | str = url  # the OME metadata carries scales and translations
         else:
             spatial = len(layer.voxel_size)
-            output = {f"c{i}^": [1, ""] for i in range(layer.channels)}
+            # a channel axis becomes a local dimension (primed name), as neuroglancer does for OME channels
+            output = {f"c{i}'": [1, ""] for i in range(layer.channels)}
             output.update({n: [v * 1e-9, "m"] for n, v in zip(_axis_names(layer), layer.voxel_size)})
             rank = layer.channels + spatial
             shift = [0.0] * layer.channels + [o / v for o, v in zip(layer.offset, layer.voxel_size)]

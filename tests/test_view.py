@@ -113,6 +113,8 @@ def test_state_names_every_layer_with_type_and_voxel_size(served):
             output = layer["source"]["transform"]["outputDimensions"]
             for axis, size in VOXEL_M.items():
                 assert output[axis][0] == pytest.approx(size) and output[axis][1] == "m"
+            # the affinities' channel axis is a local (primed) dimension, not a fourth spatial one
+            assert [name for name in output if name not in VOXEL_M] == (["c0'"] if layer["name"] == "affinities" else [])
 
 
 def test_every_layer_zarr_json_is_served_with_cors(served, demo):
