@@ -44,12 +44,15 @@ class InputConfig(_Strict):
     raw: Optional[str] = Field(None, description="raw EM (z, y, x) for the predict stage")
     affinities: Optional[str] = Field(None, description="affinities (c, z, y, x), float in [0, 1] or uint8 x 255")
     ground_truth: Optional[str] = Field(None, description="instance labels: for evaluation and training targets")
+    embeddings: Optional[str] = Field(None, description="pixel embeddings (e, z, y, x), float")
+    channels: Optional[str] = Field(None, description="BiaPy channels (c, z, y, x), float in [0, 1]")
 
     @model_validator(mode="after")
     def _something(self) -> "InputConfig":
-        if not self.affinities and not self.ground_truth and not self.raw:
+        if not any((self.affinities, self.ground_truth, self.raw, self.embeddings, self.channels)):
             raise ValueError(
-                "give input.raw (to predict), input.affinities (to segment) or input.ground_truth (for targets)"
+                "give input.raw (to predict), input.affinities, input.embeddings or input.channels (to segment) "
+                "or input.ground_truth (for targets)"
             )
         return self
 
@@ -191,6 +194,105 @@ class PredictConfig(_Strict):
         return self
 
 
+def _check_offsets(offsets: Optional[list[list[int]]]) -> Optional[list[list[int]]]:
+    if offsets is None:
+        return None
+    if not offsets:
+        raise ValueError("give at least one offset")
+    for offset in offsets:
+        if len(offset) != 3:
+            raise ValueError(f"offset {offset} has {len(offset)} value(s); offsets are voxels (z, y, x), 3 values each")
+        if not any(offset):
+            raise ValueError(f"offset {offset} is zero; an affinity links a voxel to another one")
+    return offsets
+
+
+class EmbeddingsToAffinitiesConfig(_Strict):
+    """Affinities from pixel embeddings for a list of offsets (push-force margin ``delta``)."""
+
+    offsets: list[list[int]] = Field(description="voxel offsets (z, y, x); nearest neighbours first for fragments")
+    delta: float = Field(gt=0, description="push-force margin of the embedding loss")
+    invert: bool = Field(False, description="write 1 - affinity")
+    chunk_shape: Optional[list[int]] = None
+
+    _offsets = field_validator("offsets")(lambda v: _check_offsets(v))
+    _chunk = field_validator("chunk_shape")(lambda v: _positive(v, "chunk_shape"))
+
+
+class MwsConfig(_Strict):
+    """Mutex watershed per block on affinities with long-range offsets, stitched through the RAG."""
+
+    offsets: Optional[list[list[int]]] = Field(
+        None, description="offset of each affinity channel; default: stages.embeddings_to_affinities.offsets"
+    )
+    bias: float | list[float] = Field(
+        -0.5, description="added to each channel's affinities (signed) or priorities (classic); one value or one per offset"
+    )
+    attractive: Optional[int] = Field(
+        None, gt=0, description="classic mode: this many leading channels attract, the rest repel; "
+        "default: signed mode (affinity + bias > 0 attracts, < 0 repels), as volara uses it"
+    )
+    distance: Optional[Literal["l2", "cosine", "l1"]] = Field(
+        None, description="segment input.embeddings directly on this embedding distance instead of affinities"
+    )
+    delta: Optional[float] = Field(
+        None, gt=0, description="with distance: weigh distances as 1 - push affinity with this push-force margin"
+    )
+    strides: Optional[list[int]] = Field(None, description="keep every n-th repulsive edge per axis (z, y, x)")
+    randomize_strides: bool = Field(False, description="keep repulsive edges at random with probability 1/prod(strides)")
+    seed: int = Field(0, description="seed of the random strides")
+    context: Optional[list[int]] = Field(None, description="nm read beyond each block; default: from the offsets")
+    chunk_shape: Optional[list[int]] = None
+
+    _offsets = field_validator("offsets")(lambda v: _check_offsets(v))
+    _ctx = field_validator("context")(lambda v: _non_negative(v, "context"))
+    _chunk = field_validator("chunk_shape")(lambda v: _positive(v, "chunk_shape"))
+
+    @field_validator("strides")
+    @classmethod
+    def _strides(cls, value: Optional[list[int]]) -> Optional[list[int]]:
+        if value is not None and (len(value) != 3 or any(s <= 0 for s in value)):
+            raise ValueError(f"strides must be 3 positive values (z, y, x), got {value}")
+        return value
+
+
+CHANNEL_SETS = ("BC", "BCM", "BCD", "BP", "BCDv2", "Dv2", "BDv2")
+
+
+class ChannelInstancesConfig(_Strict):
+    """Instances from BiaPy channels (marker-controlled watershed) per block, stitched through the RAG."""
+
+    channel_set: str = Field(description=", ".join(CHANNEL_SETS))
+    parameters: dict[str, bool | int | float] = Field(
+        default_factory=dict,
+        description="keyword parameters of workers.channel_instances.segment_channels: thresholds "
+        "(data_mw_th_binary_mask, data_mw_th_contour, ..., th_points), data_remove_small_obj, ...",
+    )
+    max_object_extent: Optional[float] = Field(None, gt=0, description="nm; the context is half of it")
+    context: Optional[list[int]] = Field(None, description="nm read beyond each block; default: from max_object_extent")
+    chunk_shape: Optional[list[int]] = None
+
+    _ctx = field_validator("context")(lambda v: _non_negative(v, "context"))
+    _chunk = field_validator("chunk_shape")(lambda v: _positive(v, "chunk_shape"))
+
+    @field_validator("channel_set")
+    @classmethod
+    def _known_set(cls, value: str) -> str:
+        if value not in CHANNEL_SETS:
+            raise ValueError(f"unknown channel set {value!r}, expected one of: {', '.join(CHANNEL_SETS)}")
+        return value
+
+
+class PcaPreviewConfig(_Strict):
+    """An RGB view of the embeddings: one PCA fitted on a sample of the whole volume."""
+
+    samples: int = Field(20000, gt=0, description="voxels drawn at random to fit the PCA")
+    seed: int = Field(0, description="seed of the sample")
+    chunk_shape: Optional[list[int]] = None
+
+    _chunk = field_validator("chunk_shape")(lambda v: _positive(v, "chunk_shape"))
+
+
 class DownsampleConfig(_Strict):
     """OME-Zarr pyramids of the inputs and outputs (see blockseg/pyramid.py)."""
 
@@ -207,6 +309,10 @@ class DownsampleConfig(_Strict):
 
 class StagesConfig(_Strict):
     predict: Optional[PredictConfig] = None
+    embeddings_to_affinities: Optional[EmbeddingsToAffinitiesConfig] = None
+    pca_preview: Optional[PcaPreviewConfig] = None
+    mws: Optional[MwsConfig] = None
+    channel_instances: Optional[ChannelInstancesConfig] = None
     lsds: Optional[LsdsConfig] = None
     channels: Optional[ChannelsConfig] = None
     weights: Optional[WeightsConfig] = None
@@ -332,6 +438,13 @@ class PipelineConfig(_Strict):
     base_dir: Path = Field(default=Path("."), exclude=True, description="set by load_config")
 
     _block = field_validator("block_shape")(lambda v: _positive(v, "block_shape"))
+
+    @model_validator(mode="after")
+    def _one_instance_source(self) -> "PipelineConfig":
+        # the segments, relabel and evaluate stages read one set of fragments
+        if self.stages.mws is not None and self.stages.channel_instances is not None:
+            raise ValueError("stages.mws and stages.channel_instances: give one of them per run, not both")
+        return self
 
     @model_validator(mode="after")
     def _relabel_subset(self) -> "PipelineConfig":

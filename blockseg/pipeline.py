@@ -27,6 +27,7 @@ import numpy as np
 from distributed import Client
 
 from blockseg import stages as block_functions
+from blockseg import stitch
 from blockseg.blocks import AlignmentError, BlockGrid
 from blockseg.config import ConfigError, PipelineConfig
 from blockseg.geometry import Roi
@@ -39,8 +40,14 @@ from workers import evaluate as evaluate_worker
 
 log = logging.getLogger("blockseg")
 
-STAGE_ORDER = ("predict", "lsds", "channels", "weights", "check", "fragments", "agglomerate", "segments", "relabel", "evaluate", "downsample")
+STAGE_ORDER = (
+    "predict", "lsds", "channels", "weights", "embeddings_to_affinities", "pca_preview", "check",
+    "fragments", "agglomerate", "mws", "channel_instances", "stitch", "segments", "relabel", "evaluate",
+    "downsample",
+)
 TARGET_STAGES = ("lsds", "channels", "weights")
+# stages that make fragments for segments / relabel / evaluate, and their datasets
+FRAGMENT_STAGES = {"fragments": "fragments", "mws": "mws", "channel_instances": "instances"}
 
 
 class InputError(ValueError):
@@ -55,6 +62,10 @@ class OutputSpec:
     dtype: str
     chunk_shape: tuple[int, ...]
     channels: tuple[int, ...] = ()
+    roi: Roi | None = None  # default: the run's total ROI
+    aligned: bool = True  # whether blocks write whole chunks of it (the halo slots are laid out otherwise)
+    axis_names: tuple[str, ...] | None = None
+    attrs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -70,6 +81,58 @@ class Run:
     reports: dict[str, StageReport] = field(default_factory=dict)
     scores: dict | None = None
     client: Client | None = None
+    input_embeddings: Volume | None = None
+    input_channels: Volume | None = None
+    pca_model: object | None = None  # fitted by pca_preview's prepare step, bound into its blocks
+
+    @property
+    def fragment_stage(self) -> str:
+        """The stage whose pieces the segments, relabel and evaluate stages read."""
+        stages = self.config.stages
+        if stages.mws is not None:
+            return "mws"
+        if stages.channel_instances is not None:
+            return "channel_instances"
+        return "fragments"
+
+    @property
+    def embeddings_predicted(self) -> bool:
+        predict = self.config.stages.predict
+        return self.input_embeddings is None and predict is not None and "embeddings" in predict.outputs
+
+    @property
+    def embeddings(self) -> Volume | None:
+        """The input embeddings, or the predicted ones once the predict stage made them."""
+        if self.input_embeddings is not None or not self.embeddings_predicted:
+            return self.input_embeddings
+        try:
+            return open_volume(self.dataset_url("embeddings"))
+        except VolumeError:
+            return None
+
+    @property
+    def affinity_stage(self) -> str | None:
+        """The stage that writes the affinities, or None when they are an input (or absent)."""
+        if self.input_affinities is not None:
+            return None
+        if self.config.stages.embeddings_to_affinities is not None:
+            return "embeddings_to_affinities"
+        return "predict" if self.predicted else None
+
+    @property
+    def channels_source(self) -> Volume | None:
+        """What channel_instances reads: input.channels, else the channels stage's output."""
+        if self.input_channels is not None:
+            return self.input_channels
+        try:
+            return open_volume(self.dataset_url("channels"))
+        except VolumeError:
+            return None
+
+    @property
+    def halos_url(self) -> str:
+        """Each block's segmentation of its read ROI, for the stitch stage."""
+        return self.dataset_url(f"{FRAGMENT_STAGES[self.fragment_stage]}_halos")
 
     @property
     def predicted(self) -> bool:
@@ -79,8 +142,8 @@ class Run:
 
     @property
     def affinities(self) -> Volume | None:
-        """The input affinities, or the predicted ones once the predict stage made them."""
-        if self.input_affinities is not None or not self.predicted:
+        """The input affinities, or the ones the predict / embeddings_to_affinities stage made."""
+        if self.affinity_stage is None:
             return self.input_affinities
         try:
             return open_volume(self.dataset_url("affinities"))
@@ -88,13 +151,31 @@ class Run:
             return None
 
     @property
-    def segmenting(self) -> bool:
+    def mws_on_embeddings(self) -> bool:
+        """Whether the mws stage segments the embeddings directly (stages.mws.distance)."""
+        return self.config.stages.mws is not None and self.config.stages.mws.distance is not None
+
+    @property
+    def has_affinities(self) -> bool:
+        """Whether affinities are an input or come from a stage of this run."""
+        if self.affinity_stage == "embeddings_to_affinities":
+            return self.input_embeddings is not None or self.embeddings_predicted
         return self.input_affinities is not None or self.predicted
 
     @property
+    def segmenting(self) -> bool:
+        if self.fragment_stage == "channel_instances":
+            return self.input_channels is not None or (
+                self.config.stages.channels is not None and self.ground_truth is not None
+            )
+        if self.mws_on_embeddings:
+            return self.input_embeddings is not None or self.embeddings_predicted
+        return self.has_affinities
+
+    @property
     def reference(self) -> Volume:
-        """The input that fixes the voxel size and the ROI: affinities, raw, else ground truth."""
-        for volume in (self.input_affinities, self.raw, self.ground_truth):
+        """The input that fixes the voxel size and the ROI: affinities, embeddings, channels, raw, else ground truth."""
+        for volume in (self.input_affinities, self.input_embeddings, self.input_channels, self.raw, self.ground_truth):
             if volume is not None:
                 return volume
         raise AssertionError("the config requires an input")
@@ -112,7 +193,7 @@ class Run:
 
     @property
     def fragments_url(self) -> str:
-        return self.dataset_url("fragments")
+        return self.dataset_url(FRAGMENT_STAGES[self.fragment_stage])
 
     def segmentation_url(self, threshold: float) -> str:
         return self.dataset_url(f"segmentation/threshold_{float(threshold)!r}")
@@ -169,14 +250,23 @@ def open_run(config: PipelineConfig, restart: bool = False) -> Run:
         if raw is None:
             raise ConfigError("config error: stages.predict: needs input.raw")
         _check_normaliser(raw, config)
+    embeddings = channels = None
+    if config.input.embeddings:
+        embeddings = _open_input(config.resolve(config.input.embeddings), "input.embeddings")
+        _check_channel_input(embeddings, "input.embeddings", affinities if affinities is not None else raw)
+    if config.input.channels:
+        channels = _open_input(config.resolve(config.input.channels), "input.channels")
+        first = next((v for v in (affinities, embeddings, raw) if v is not None), None)
+        _check_channel_input(channels, "input.channels", first)
     truth = None
     if config.input.ground_truth:
         truth = _open_input(config.resolve(config.input.ground_truth), "input.ground_truth")
-        _check_ground_truth(truth, affinities if affinities is not None else raw)
-    reference = next(v for v in (affinities, raw, truth) if v is not None)
+        _check_ground_truth(truth, next((v for v in (affinities, embeddings, channels, raw) if v is not None), None))
+    reference = next(v for v in (affinities, embeddings, channels, raw, truth) if v is not None)
     total_roi = _total_roi(config, reference)
     _check_blocks(config, reference, total_roi)
     check_targets(config, reference.voxel_size)
+    check_embedding_stages(config, affinities, embeddings, channels, truth)
     if config.stages.downsample is not None:
         from blockseg.pyramid import check_downsample_config
 
@@ -205,7 +295,7 @@ def open_run(config: PipelineConfig, restart: bool = False) -> Run:
         )
     if written != meta:
         store.write_meta(meta)
-    return Run(config, store, affinities, truth, total_roi, raw)
+    return Run(config, store, affinities, truth, total_roi, raw, input_embeddings=embeddings, input_channels=channels)
 
 
 def _store_meta(config: PipelineConfig, reference: Volume, total_roi: Roi) -> dict:
@@ -259,6 +349,144 @@ def _check_raw(raw: Volume, affinities: Volume | None) -> None:
         )
 
 
+def _check_channel_input(volume: Volume, key: str, reference: Volume | None) -> None:
+    """Embeddings and BiaPy channels: (c, z, y, x), float or uint8, on the reference's voxel grid."""
+    if len(volume.voxel_size) != 3 or len(volume.channel_shape) != 1:
+        raise InputError(
+            f"{key}: {volume.url} must have axes (c, z, y, x) with a 3D voxel_size, "
+            f"got shape {volume.array.shape} and voxel_size {list(volume.voxel_size)}"
+        )
+    if not (np.issubdtype(volume.dtype, np.floating) or volume.dtype == np.uint8):
+        raise InputError(f"{key}: {volume.url} has dtype {volume.dtype}; expected float32/float64 or uint8")
+    if reference is not None and volume.voxel_size != reference.voxel_size:
+        raise InputError(
+            f"{key}: voxel_size {list(volume.voxel_size)} nm does not match the input voxel_size "
+            f"{list(reference.voxel_size)} nm"
+        )
+
+
+def _unit_offset(offset: Sequence[int], axis: int) -> bool:
+    return abs(offset[axis]) == 1 and not any(o for i, o in enumerate(offset) if i != axis)
+
+
+def mws_offsets(config: PipelineConfig) -> list[list[int]] | None:
+    """The offsets of the affinities mws reads: its own, else those embeddings_to_affinities writes."""
+    stages = config.stages
+    if stages.mws is not None and stages.mws.offsets is not None:
+        return stages.mws.offsets
+    if stages.embeddings_to_affinities is not None:
+        return stages.embeddings_to_affinities.offsets
+    return None
+
+
+def check_embedding_stages(
+    config: PipelineConfig,
+    affinities: Volume | None,
+    embeddings: Volume | None,
+    channels: Volume | None,
+    truth: Volume | None,
+) -> None:
+    """Check what the embedding, mws and channel-instance stages need, before any work."""
+    stages = config.stages
+    predicted = stages.predict.outputs if stages.predict is not None else {}
+    has_embeddings = embeddings is not None or "embeddings" in predicted
+    e2a = stages.embeddings_to_affinities
+    for name in ("embeddings_to_affinities", "pca_preview"):
+        if getattr(stages, name) is not None and not has_embeddings:
+            raise ConfigError(f"config error: stages.{name}: needs input.embeddings (or predict outputs: embeddings)")
+    if e2a is not None and (affinities is not None or "affinities" in predicted):
+        raise ConfigError(
+            "config error: stages.embeddings_to_affinities: the affinities would come from two places; "
+            "drop input.affinities (or the predict output affinities) or this stage"
+        )
+    if e2a is not None and stages.mws is None and stages.channel_instances is None:
+        # the fragments stage takes the first three channels as the nearest neighbours
+        if len(e2a.offsets) < 3 or not all(_unit_offset(e2a.offsets[a], a) for a in range(3)):
+            raise ConfigError(
+                f"config error: stages.embeddings_to_affinities.offsets: the fragments stage needs the nearest "
+                f"neighbours first ([-1, 0, 0], [0, -1, 0], [0, 0, -1]), got {e2a.offsets[:3]}"
+            )
+    mws = stages.mws
+    if mws is not None and mws.distance is not None:
+        # the embedding mutex watershed: distances of the embeddings, no affinities
+        if not has_embeddings:
+            raise ConfigError("config error: stages.mws.distance: needs input.embeddings (or predict outputs: embeddings)")
+        if e2a is not None:
+            raise ConfigError(
+                "config error: stages.mws.distance: segments the embeddings directly; drop it or "
+                "stages.embeddings_to_affinities (whose affinities would go unused)"
+            )
+        if mws.offsets is None:
+            raise ConfigError("config error: stages.mws.offsets: required with stages.mws.distance")
+        if isinstance(mws.bias, list) or mws.attractive is not None:
+            raise ConfigError(
+                "config error: stages.mws: with distance, bias is one value (added to the repulsive priorities) "
+                "and attractive is not used (the face neighbours attract)"
+            )
+    elif mws is not None:
+        if mws.delta is not None:
+            raise ConfigError("config error: stages.mws.delta: weighs embedding distances; it needs stages.mws.distance")
+        if e2a is None and affinities is None and "affinities" not in predicted:
+            raise ConfigError("config error: stages.mws: needs affinities (input.affinities, predict, or embeddings_to_affinities)")
+        offsets = mws_offsets(config)
+        if offsets is None:
+            raise ConfigError(
+                "config error: stages.mws.offsets: required unless stages.embeddings_to_affinities gives them "
+                "(one offset (z, y, x) per affinity channel)"
+            )
+        if e2a is not None and mws.offsets is not None and mws.offsets != e2a.offsets:
+            raise ConfigError(
+                f"config error: stages.mws.offsets {mws.offsets} differ from stages.embeddings_to_affinities.offsets "
+                f"{e2a.offsets}, which make the affinities; leave them out"
+            )
+        count = affinities.channel_shape[0] if affinities is not None else (
+            predicted["affinities"] if "affinities" in predicted else len(offsets)
+        )
+        if count != len(offsets):
+            raise InputError(f"stages.mws.offsets: {len(offsets)} offsets for {count} affinity channels; give one per channel")
+        if isinstance(mws.bias, list) and len(mws.bias) != len(offsets):
+            raise ConfigError(f"config error: stages.mws.bias: {len(mws.bias)} values for {len(offsets)} offsets; give one or one per offset")
+        if mws.attractive is not None and mws.attractive > len(offsets):
+            raise ConfigError(f"config error: stages.mws.attractive: {mws.attractive} is more than the {len(offsets)} offsets")
+    instances = stages.channel_instances
+    if instances is not None:
+        if channels is None and (stages.channels is None or truth is None):
+            raise ConfigError(
+                "config error: stages.channel_instances: needs input.channels (or the channels stage with input.ground_truth)"
+            )
+        if channels is None and stages.channels.channel_set != instances.channel_set:
+            raise ConfigError(
+                f"config error: stages.channel_instances.channel_set {instances.channel_set} differs from "
+                f"stages.channels.channel_set {stages.channels.channel_set}, whose output it reads"
+            )
+        if instances.context is None and instances.max_object_extent is None:
+            raise ConfigError(
+                "config error: stages.channel_instances: give max_object_extent (nm; the context is half of it) or context"
+            )
+        from workers import channels as channels_worker
+
+        expected = len(channels_worker.channel_names(instances.channel_set))
+        if channels is not None and channels.channel_shape[0] != expected:
+            raise InputError(
+                f"input.channels: {channels.url} has {channels.channel_shape[0]} channel(s); "
+                f"channel set {instances.channel_set} has {expected}"
+            )
+        _check_instance_parameters(instances.channel_set, instances.parameters)
+
+
+def _check_instance_parameters(channel_set: str, parameters: dict) -> None:
+    """Let the worker judge the parameter names and values (thresholds in [0, 1], ...) on a tiny block, once."""
+    from workers import channel_instances as instances_worker
+    from workers import channels as channels_worker
+
+    count = len(channels_worker.channel_names(channel_set))
+    try:
+        instances_worker.segment_channels(np.zeros((count, 2, 2, 2), np.float32), channel_set, **parameters)
+    except (ValueError, TypeError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"config error: stages.channel_instances.parameters: {message}") from None
+
+
 def _check_ground_truth(truth: Volume, affinities: Volume | None) -> None:
     if not np.issubdtype(truth.dtype, np.integer):
         raise InputError(f"input.ground_truth: {truth.url} has dtype {truth.dtype}; expected integer labels")
@@ -298,7 +526,7 @@ def _check_blocks(config: PipelineConfig, reference: Volume, total_roi: Roi) -> 
         ("stages.relabel.chunk_shape", config.stages.relabel.chunk_shape),
         *(
             (f"stages.{name}.chunk_shape", getattr(config.stages, name).chunk_shape)
-            for name in ("lsds", "channels", "weights")
+            for name in ("lsds", "channels", "weights", "embeddings_to_affinities", "pca_preview", "mws", "channel_instances")
             if getattr(config.stages, name) is not None
         ),
     ):
@@ -445,6 +673,8 @@ def _evaluate_finish(run: Run) -> None:
 
 def _registry() -> dict[str, Stage]:
     always = lambda run: run.segmenting  # noqa: E731 - the segmentation stages need affinities
+    # fragments + agglomerate are one way to pieces and edges; mws / channel_instances + stitch another
+    classic = lambda run: run.segmenting and run.fragment_stage == "fragments"  # noqa: E731
     none: Callable[[Run], list[OutputSpec]] = lambda run: []  # noqa: E731
     stages = [
         Stage(
@@ -460,7 +690,7 @@ def _registry() -> dict[str, Stage]:
         Stage(
             "fragments",
             needs=(),
-            enabled=always,
+            enabled=classic,
             params=lambda run: {
                 **run.config.stages.fragments.model_dump(),
                 "ids_per_block": run.ids_per_block,
@@ -485,7 +715,7 @@ def _registry() -> dict[str, Stage]:
         Stage(
             "agglomerate",
             needs=("fragments",),
-            enabled=always,
+            enabled=classic,
             params=lambda run: {**run.config.stages.agglomerate.model_dump(), "context": _agglomerate_context(run)},
             outputs=none,
             context=_agglomerate_context,
@@ -545,10 +775,225 @@ def _registry() -> dict[str, Stage]:
     ]
     stages += [_target_stage(name) for name in TARGET_STAGES]
     stages.append(_predict_stage())
+    stages += _embedding_stages()
     from blockseg.pyramid import downsample_stage  # here: pyramid.py imports this module's names lazily
 
     stages.append(downsample_stage())
     return {stage.name: stage for stage in stages}
+
+
+# -- embeddings, mutex watershed, channel instances, PCA preview ----------------
+
+
+def _whole_voxels(run: Run, context_nm: Sequence[float]) -> tuple[int, ...]:
+    """A context in nm rounded up to whole voxels (halo slots and crops need voxel-aligned ROIs)."""
+    return tuple(int(-(-c // v) * v) for c, v in zip(context_nm, run.voxel_size))
+
+
+def _offset_reach(offsets: Sequence[Sequence[int]]) -> tuple[int, ...]:
+    return tuple(max(abs(o[axis]) for o in offsets) for axis in range(3))
+
+
+def _e2a_context(run: Run) -> tuple[int, ...]:
+    # an affinity links a voxel to one at most the largest offset away
+    reach = _offset_reach(run.config.stages.embeddings_to_affinities.offsets)
+    return tuple(r * v for r, v in zip(reach, run.voxel_size))
+
+
+def _mws_context(run: Run) -> tuple[int, ...]:
+    cfg = run.config.stages.mws
+    if cfg.context is not None:
+        return _whole_voxels(run, cfg.context)
+    # Twice the longest offset: a voxel near the face then sees every
+    # repulsive edge that constrains it, and the pieces those edges link.
+    voxels = [max(1, 2 * r) for r in _offset_reach(mws_offsets(run.config))]
+    if cfg.strides:
+        # context and block shape multiples of the strides keep the subsampled
+        # edges on one grid across blocks (when the block shape allows)
+        voxels = [-(-c // s) * s for c, s in zip(voxels, cfg.strides)]
+    return tuple(c * v for c, v in zip(voxels, run.voxel_size))
+
+
+def _channel_instances_context(run: Run) -> tuple[int, ...]:
+    cfg = run.config.stages.channel_instances
+    if cfg.context is not None:
+        return _whole_voxels(run, cfg.context)
+    # a block sees half an object beyond its faces: every object that reaches
+    # into it is seen up to its middle, where the markers sit
+    return _whole_voxels(run, [cfg.max_object_extent / 2] * 3)
+
+
+def _instance_context(run: Run) -> tuple[int, ...]:
+    return _mws_context(run) if run.fragment_stage == "mws" else _channel_instances_context(run)
+
+
+def _instance_outputs(run: Run, name: str) -> list[OutputSpec]:
+    from blockseg.stitch import HaloLayout
+
+    cfg = getattr(run.config.stages, name)
+    layout = HaloLayout.of(run.grid(_instance_context(run)))
+    slot_voxels = tuple(r // v for r, v in zip(layout.read_shape, run.voxel_size))
+    return [
+        OutputSpec(run.fragments_url, "uint64", _chunk_shape(run, cfg.chunk_shape)),
+        OutputSpec(run.halos_url, "uint32", slot_voxels, roi=layout.roi, aligned=False),
+    ]
+
+
+def _mws_block_function(run: Run):
+    cfg = run.config.stages.mws
+    return functools.partial(
+        block_functions.mws_block,
+        affinities_url=run.embeddings.url if run.mws_on_embeddings else run.affinities.url,
+        distance=cfg.distance,
+        delta=cfg.delta,
+        fragments_url=run.fragments_url,
+        halos_url=run.halos_url,
+        grid=run.grid(_mws_context(run)),
+        ids_per_block=run.ids_per_block,
+        offsets=mws_offsets(run.config),
+        bias=cfg.bias,
+        attractive=cfg.attractive,
+        strides=cfg.strides,
+        randomize_strides=cfg.randomize_strides,
+        seed=cfg.seed,
+    )
+
+
+def _channel_instances_block_function(run: Run):
+    cfg = run.config.stages.channel_instances
+    return functools.partial(
+        block_functions.channel_instances_block,
+        channels_url=run.channels_source.url,
+        fragments_url=run.fragments_url,
+        halos_url=run.halos_url,
+        grid=run.grid(_channel_instances_context(run)),
+        ids_per_block=run.ids_per_block,
+        channel_set=cfg.channel_set,
+        parameters=cfg.parameters,
+    )
+
+
+def _pca_prepare(run: Run) -> None:
+    """Fit the one PCA of the preview on a random sample of the whole volume's embeddings.
+
+    Voxels are drawn uniformly (with replacement, fixed seed) from the total
+    ROI and read point-wise, so the fit reads at most ``samples`` chunks, not
+    the volume. The same seed gives the same model on a resume, so blocks
+    coloured before and after agree.
+    """
+    from workers import embeddings as embeddings_worker
+
+    cfg = run.config.stages.pca_preview
+    volume = run.embeddings
+    origin, shape = run.total_roi.shift(tuple(-o for o in volume.offset)).to_voxels(volume.voxel_size)
+    rng = np.random.default_rng(cfg.seed)
+    flat = np.sort(rng.integers(0, int(np.prod(shape)), cfg.samples))
+    points = [p + o for p, o in zip(np.unravel_index(flat, shape), origin)]
+    count = volume.channel_shape[0]
+    channel = np.repeat(np.arange(count), len(flat))
+    coords = (channel, *(np.tile(p, count) for p in points))
+    samples = np.asarray(volume.array.get_coordinate_selection(coords), np.float64).reshape(count, len(flat)).T
+    if not np.all(np.isfinite(samples)):
+        raise InputError(f"input.embeddings: {volume.url} contains NaN/inf values; the PCA preview needs finite embeddings")
+    run.pca_model = embeddings_worker.fit_embedding_pca(samples, n_components=3)
+
+
+def _embedding_stages() -> list[Stage]:
+    none: Callable[[Run], list[OutputSpec]] = lambda run: []  # noqa: E731
+    return [
+        Stage(
+            "embeddings_to_affinities",
+            needs=(),
+            enabled=lambda run: run.config.stages.embeddings_to_affinities is not None and run.has_affinities,
+            params=lambda run: {**run.config.stages.embeddings_to_affinities.model_dump(), "context": _e2a_context(run)},
+            outputs=lambda run: [
+                OutputSpec(
+                    run.dataset_url("affinities"), "float32",
+                    _chunk_shape(run, run.config.stages.embeddings_to_affinities.chunk_shape),
+                    (len(run.config.stages.embeddings_to_affinities.offsets),),
+                )
+            ],
+            context=_e2a_context,
+            block_function=lambda run: functools.partial(
+                block_functions.embeddings_to_affinities_block,
+                embeddings_url=run.embeddings.url,
+                affinities_url=run.dataset_url("affinities"),
+                offsets=run.config.stages.embeddings_to_affinities.offsets,
+                delta=run.config.stages.embeddings_to_affinities.delta,
+                invert=run.config.stages.embeddings_to_affinities.invert,
+            ),
+        ),
+        Stage(
+            "pca_preview",
+            needs=(),
+            enabled=lambda run: run.config.stages.pca_preview is not None and (
+                run.input_embeddings is not None or run.embeddings_predicted
+            ),
+            params=lambda run: run.config.stages.pca_preview.model_dump(),
+            outputs=lambda run: [
+                OutputSpec(
+                    run.dataset_url("pca_preview"), "uint8",
+                    _chunk_shape(run, run.config.stages.pca_preview.chunk_shape), (3,),
+                    axis_names=("c", "z", "y", "x"),
+                    # napari shows the three channels as red, green and blue
+                    attrs={"omero": {"channels": [
+                        {"label": label, "color": color, "window": {"start": 0, "end": 255, "min": 0, "max": 255}}
+                        for label, color in (("pc1", "FF0000"), ("pc2", "00FF00"), ("pc3", "0000FF"))
+                    ], "rdefs": {"model": "color"}}},
+                )
+            ],
+            context=lambda run: None,
+            block_function=lambda run: functools.partial(
+                block_functions.pca_preview_block,
+                embeddings_url=run.embeddings.url if run.embeddings is not None else "",
+                preview_url=run.dataset_url("pca_preview"),
+                model=run.pca_model,
+            ),
+            prepare=_pca_prepare,
+        ),
+        Stage(
+            "mws",
+            needs=(),
+            enabled=lambda run: run.fragment_stage == "mws" and run.segmenting,
+            params=lambda run: {
+                **run.config.stages.mws.model_dump(),
+                "offsets": mws_offsets(run.config),
+                "ids_per_block": run.ids_per_block,
+                "context": _mws_context(run),
+            },
+            outputs=lambda run: _instance_outputs(run, "mws"),
+            context=_mws_context,
+            block_function=_mws_block_function,
+        ),
+        Stage(
+            "channel_instances",
+            needs=(),
+            enabled=lambda run: run.fragment_stage == "channel_instances" and run.segmenting,
+            params=lambda run: {
+                **run.config.stages.channel_instances.model_dump(),
+                "ids_per_block": run.ids_per_block,
+                "context": _channel_instances_context(run),
+            },
+            outputs=lambda run: _instance_outputs(run, "channel_instances"),
+            context=_channel_instances_context,
+            block_function=_channel_instances_block_function,
+        ),
+        Stage(
+            "stitch",
+            needs=(),
+            enabled=lambda run: run.fragment_stage != "fragments" and run.segmenting,
+            params=lambda run: {"source": run.fragment_stage, "context": _instance_context(run)},
+            outputs=none,
+            context=_instance_context,
+            block_function=lambda run: functools.partial(
+                stitch.stitch_block,
+                grid=run.grid(_instance_context(run)),
+                fragments_url=run.fragments_url,
+                halos_url=run.halos_url,
+                ids_per_block=run.ids_per_block,
+            ),
+        ),
+    ]
 
 
 # -- training targets ----------------------------------------------------------
@@ -759,14 +1204,34 @@ STAGES = _registry()
 # -- the ledger ----------------------------------------------------------------
 
 
-AFFINITY_READERS = ("check", "fragments", "agglomerate")
+AFFINITY_READERS = ("check", "fragments", "agglomerate", "mws")
+EMBEDDING_READERS = ("embeddings_to_affinities", "pca_preview")
 
 
 def stage_needs(run: Run, stage: Stage) -> tuple[str, ...]:
-    """The stages whose results ``stage`` reads (predict, when it makes the affinities)."""
-    if run.predicted and stage.name in AFFINITY_READERS:
-        return ("predict",) + stage.needs
-    return stage.needs
+    """The stages whose results ``stage`` reads.
+
+    Besides the fixed ``needs``: the stage that makes the affinities
+    (predict, embeddings_to_affinities) for those that read them, predict for
+    the readers of predicted embeddings, the channels stage for
+    channel_instances without input.channels, and, when mws or
+    channel_instances make the pieces, those in place of fragments and the
+    stitch stage in place of agglomerate.
+    """
+    needs = stage.needs
+    reads_embeddings = stage.name in EMBEDDING_READERS or (stage.name == "mws" and run.mws_on_embeddings)
+    if stage.name in AFFINITY_READERS and run.affinity_stage is not None and not reads_embeddings:
+        needs = (run.affinity_stage,) + needs
+    if reads_embeddings and run.embeddings_predicted:
+        needs = ("predict",) + needs
+    if stage.name == "channel_instances" and run.input_channels is None:
+        needs = ("channels",) + needs
+    if stage.name == "stitch":
+        needs = (run.fragment_stage,)
+    source = run.fragment_stage
+    if source != "fragments" and stage.name in ("segments", "relabel", "evaluate"):
+        needs = tuple({"fragments": source, "agglomerate": "stitch"}.get(n, n) for n in needs)
+    return needs
 
 
 def fingerprint(run: Run, stage: Stage) -> str:
@@ -787,6 +1252,10 @@ def fingerprint(run: Run, stage: Stage) -> str:
         "block_shape": list(run.block_shape),
         "upstream": upstream,
     }
+    if stage.name in EMBEDDING_READERS or (stage.name == "mws" and run.mws_on_embeddings):
+        description["embeddings"] = _input_identity(run.input_embeddings)
+    if stage.name == "channel_instances":
+        description["channels_input"] = _input_identity(run.input_channels)
     text = json.dumps(description, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -818,8 +1287,8 @@ def reset_stage(run: Run, stage: Stage) -> StageState:
     token = uuid.uuid4().hex
     for spec in stage.outputs(run) if stage.create_outputs is None else ():
         create_volume(
-            spec.url, run.total_roi, run.voxel_size, spec.dtype, spec.chunk_shape, spec.channels,
-            attrs={TOKEN_ATTR: token},
+            spec.url, spec.roi or run.total_roi, run.voxel_size, spec.dtype, spec.chunk_shape, spec.channels,
+            axis_names=spec.axis_names, attrs={**spec.attrs, TOKEN_ATTR: token},
         )
     if stage.create_outputs is not None:
         stage.create_outputs(run, token)
@@ -887,7 +1356,7 @@ def run_one_stage(run: Run, stage: Stage, client: Client, restart: bool = False)
         grid = run.grid(stage.context(run))
         if stage.outputs(run):
             try:
-                grid.check_alignment([open_volume(spec.url) for spec in stage.outputs(run)])
+                grid.check_alignment([open_volume(spec.url) for spec in stage.outputs(run) if spec.aligned])
             except AlignmentError as error:
                 raise ConfigError(f"config error: {error}") from None
         failures_file = run.output_dir / "logs" / f"failed-{stage.name}.json"

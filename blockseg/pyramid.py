@@ -45,6 +45,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -102,9 +103,13 @@ def pyramid_sources(run: "Run") -> list[PyramidSource]:
     available: dict[str, list[tuple[str, str]]] = {}
     if run.raw is not None:
         available["raw"] = [("raw", run.raw.url)]
+    if run.input_affinities is not None:
+        available["affinities"] = [("affinities", run.input_affinities.url)]
+    elif run.affinity_stage is not None:
+        available["affinities"] = [("affinities", run.dataset_url("affinities"))]
     if run.segmenting:
-        available["affinities"] = [("affinities", run.affinities.url if run.affinities else run.dataset_url("affinities"))]
-        available["fragments"] = [("fragments", run.fragments_url)]
+        # the pieces relabel reads: fragments, or the mws / channel_instances output
+        available["fragments"] = [(Path(run.fragments_url).name, run.fragments_url)]
         available["segmentation"] = [
             (f"segmentation/threshold_{float(t)!r}", run.segmentation_url(t)) for t in run.config.relabel_thresholds
         ]
@@ -159,11 +164,15 @@ def check_downsample_config(config: "PipelineConfig", voxel_size: Sequence[int],
             f"coarsest level's voxel size {step} nm (total factor {list(total)}); use fewer levels or another block shape"
         )
     predict = config.stages.predict
-    segmenting = bool(config.input.affinities) or (predict is not None and "affinities" in predict.outputs)
     has = {
         "raw": bool(config.input.raw),
         "ground_truth": bool(config.input.ground_truth),
-        **{name: segmenting for name in ("affinities", "fragments", "segmentation")},
+        "affinities": bool(config.input.affinities)
+        or (predict is not None and "affinities" in predict.outputs)
+        or config.stages.embeddings_to_affinities is not None,
+        # the stage runs after relabel, so these exist whenever it runs
+        "fragments": True,
+        "segmentation": True,
     }
     missing = [name for name in cfg.datasets or () if not has[name]]
     if missing:
@@ -171,8 +180,6 @@ def check_downsample_config(config: "PipelineConfig", voxel_size: Sequence[int],
             f"config error: stages.downsample.datasets: {missing} not in this run "
             f"(it has {[name for name, present in has.items() if present]})"
         )
-    if not segmenting:
-        raise ConfigError("config error: stages.downsample: runs after relabel, so it needs affinities (input or predicted)")
 
 
 def ome_multiscales(
@@ -352,7 +359,8 @@ def downsample_stage() -> "Stage":
 
     return Stage(
         "downsample",
-        needs=("fragments", "relabel"),
+        # relabel is current only while the pieces it read are: that covers them too
+        needs=("relabel",),
         enabled=lambda run: run.config.stages.downsample is not None and run.segmenting,
         params=_params,
         outputs=_outputs,

@@ -255,3 +255,179 @@ def predict_block(
         open_volume(url, mode="r+").write(block.write_roi, part)
         start += count
     return BlockOutput(stats={"voxels": int(prediction[0].size)})
+
+
+# -- embeddings, mutex watershed, channel instances, PCA preview ----------------
+
+
+def embeddings_to_affinities_block(
+    block: Block,
+    embeddings_url: str,
+    affinities_url: str,
+    offsets: Sequence[Sequence[int]],
+    delta: float,
+    invert: bool,
+) -> BlockOutput:
+    """Affinities of the block from its embeddings and context.
+
+    The read ROI is clipped to the data: the worker gives an affinity of 0
+    where the neighbour lies outside its array, so a block at the volume's
+    edge does what the whole-volume computation does there, and inside the
+    volume the context (the largest offset) supplies every neighbour.
+    Blockwise therefore equals whole.
+    """
+    from workers import embeddings as embeddings_worker
+
+    embeddings = open_volume(embeddings_url)
+    voxel_size = embeddings.voxel_size
+    read_roi = block.read_roi.intersect(embeddings.roi)
+    data = embeddings.read(read_roi).astype(np.float32, copy=False)
+    affinities = embeddings_worker.embeddings_to_affinities(data, [list(o) for o in offsets], delta, invert=invert)
+    crop = block.write_roi.slices(voxel_size, read_roi.offset)
+    open_volume(affinities_url, mode="r+").write(block.write_roi, np.asarray(affinities[(slice(None),) + crop], np.float32))
+    return BlockOutput(stats={"voxels": int(np.prod([s.stop - s.start for s in crop]))})
+
+
+def _instances_block(
+    block: Block,
+    segment,
+    input_url: str,
+    fragments_url: str,
+    halos_url: str,
+    grid,
+    ids_per_block: int,
+) -> BlockOutput:
+    """Segment the read ROI, keep the write ROI as global fragments and the rest as the block's halo.
+
+    The read ROI is clipped to the data (not padded), so a block at the
+    volume's edge segments what the whole-volume computation sees there.
+    """
+    from blockseg.stitch import HaloLayout, global_ids, halo_labels
+
+    volume = open_volume(input_url)
+    voxel_size = volume.voxel_size
+    read_roi = block.read_roi.intersect(volume.roi)
+    labels = segment(volume.read(read_roi))
+    crop = block.write_roi.slices(voxel_size, read_roi.offset)
+    local, inner = halo_labels(labels, crop)
+    fragments = global_ids(inner, block.block_id, ids_per_block)
+    open_volume(fragments_url, mode="r+").write(block.write_roi, fragments)
+    # the whole slot (one chunk) is written, so a rerun replaces all of it
+    layout = HaloLayout.of(grid)
+    slot_roi = layout.slot(grid.block_index(block.block_id))
+    slot = np.zeros(slot_roi.to_voxels(voxel_size)[1], np.uint32)
+    slot[read_roi.slices(voxel_size, block.read_roi.offset)] = local
+    open_volume(halos_url, mode="r+").write(slot_roi, slot)
+    ids, centers, sizes = fragments_worker.fragment_nodes(fragments, voxel_size, block.write_roi.offset)
+    return BlockOutput(nodes=Nodes(ids, centers, sizes), stats={"voxels": int(fragments.size), "fragments": int(len(ids))})
+
+
+def _mutex_watershed(affs: np.ndarray, offsets, bias, attractive, strides, randomize_strides, seed) -> np.ndarray:
+    from workers import mutex
+
+    return mutex.mutex_watershed(
+        _as_float_affinities(affs), offsets, bias=bias, attractive=attractive, strides=strides,
+        randomize_strides=randomize_strides, seed=seed,
+    )
+
+
+def push_weight(distance: np.ndarray, delta: float) -> np.ndarray:
+    """One minus the push affinity: 0 for equal embeddings, 1 from ``2 delta`` apart (elf's loss weight).
+
+    Examples
+    --------
+    >>> push_weight(np.array([0.0, 1.0, 2.0, 3.0]), 1.0).tolist()
+    [0.0, 0.75, 1.0, 1.0]
+    """
+    return 1.0 - np.maximum((2.0 * delta - distance) / (2.0 * delta), 0.0) ** 2
+
+
+def _embedding_mutex_watershed(
+    embeddings: np.ndarray, offsets, distance, delta, bias, strides, randomize_strides, seed
+) -> np.ndarray:
+    import functools
+
+    from workers import embeddings as embeddings_worker
+
+    weight = functools.partial(push_weight, delta=delta) if delta is not None else None
+    return embeddings_worker.segment_embeddings_mws(
+        embeddings.astype(np.float32, copy=False), offsets, distance, bias=bias, strides=strides,
+        randomize_strides=randomize_strides, seed=seed, weight_function=weight,
+    )
+
+
+def mws_block(
+    block: Block,
+    affinities_url: str,
+    distance: str | None,
+    delta: float | None,
+    fragments_url: str,
+    halos_url: str,
+    grid,
+    ids_per_block: int,
+    offsets: Sequence[Sequence[int]],
+    bias: float | Sequence[float],
+    attractive: int | None,
+    strides: Sequence[int] | None,
+    randomize_strides: bool,
+    seed: int,
+) -> BlockOutput:
+    """Mutex watershed of the block's read ROI; its write ROI becomes fragments, the rest its halo.
+
+    With ``distance`` the input is embeddings, segmented on their distances
+    (``affinities_url`` then names the embeddings).
+    """
+    import functools
+
+    common = dict(strides=list(strides) if strides else None, randomize_strides=randomize_strides, seed=seed)
+    if distance is not None:
+        segment = functools.partial(
+            _embedding_mutex_watershed, offsets=[list(o) for o in offsets], distance=distance, delta=delta, bias=bias,
+            **common,
+        )
+    else:
+        segment = functools.partial(
+            _mutex_watershed, offsets=[list(o) for o in offsets], bias=bias, attractive=attractive, **common
+        )
+    return _instances_block(block, segment, affinities_url, fragments_url, halos_url, grid, ids_per_block)
+
+
+def _segment_channels(channels: np.ndarray, channel_set: str, parameters: dict, voxel_size) -> np.ndarray:
+    from workers import channel_instances
+
+    # D / Dv2 are distances, not probabilities: only uint8 storage is rescaled
+    return channel_instances.segment_channels(
+        _as_float_affinities(channels), channel_set, voxel_size=voxel_size, **parameters
+    )
+
+
+def channel_instances_block(
+    block: Block,
+    channels_url: str,
+    fragments_url: str,
+    halos_url: str,
+    grid,
+    ids_per_block: int,
+    channel_set: str,
+    parameters: dict,
+) -> BlockOutput:
+    """BiaPy channels of the read ROI to instances; stitched like the mutex watershed's pieces."""
+    import functools
+
+    voxel_size = open_volume(channels_url).voxel_size
+    segment = functools.partial(_segment_channels, channel_set=channel_set, parameters=dict(parameters), voxel_size=voxel_size)
+    return _instances_block(block, segment, channels_url, fragments_url, halos_url, grid, ids_per_block)
+
+
+def pca_preview_block(block: Block, embeddings_url: str, preview_url: str, model) -> BlockOutput:
+    """Colours of the block from the one PCA fitted on the whole volume (so seams do not show)."""
+    from workers import embeddings as embeddings_worker
+
+    if model is None:
+        raise ValueError("pca_preview: no fitted PCA model (the stage's prepare step did not run)")
+    data = open_volume(embeddings_url).read(block.write_roi).astype(np.float32, copy=False)
+    rgb = embeddings_worker.apply_embedding_pca(data, model)
+    # [0, 1] -> 0..255, rounded; values the sample did not span are clipped
+    preview = np.clip(np.rint(np.asarray(rgb, np.float32) * 255), 0, 255).astype(np.uint8)
+    open_volume(preview_url, mode="r+").write(block.write_roi, preview)
+    return BlockOutput(stats={"voxels": int(preview[0].size)})

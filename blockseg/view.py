@@ -130,7 +130,9 @@ def find_layers(config: "PipelineConfig") -> tuple[list[Layer], dict[str, Path]]
         candidates.append(("raw", "image", config.resolve(config.input.raw), pyramids / "raw"))
     affinities = config.resolve(config.input.affinities) if config.input.affinities else str(volumes / "affinities")
     candidates.append(("affinities", "image", affinities, pyramids / "affinities"))
-    candidates.append(("fragments", "segmentation", str(volumes / "fragments"), pyramids / "fragments"))
+    # the pieces: fragments, or what mws / channel_instances wrote in their place
+    for name in ("fragments", "mws", "instances"):
+        candidates.append((name, "segmentation", str(volumes / name), pyramids / name))
     segmentations = sorted((volumes / "segmentation").glob("threshold_*"), key=lambda p: _threshold(p.name))
     for folder in segmentations:
         label = f"segmentation_{folder.name.removeprefix('threshold_')}"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import edt
 import fastremap
 import numpy as np
 from scipy import ndimage
@@ -50,7 +51,9 @@ def _watershed(boundary_free: np.ndarray, voxel_size: Sequence[float], min_seed_
     """Seeded watershed of one 2D or 3D inside mask; labels 1..n, int32/int64."""
     if not boundary_free.any():
         return np.zeros(boundary_free.shape, np.int64)
-    distance = ndimage.distance_transform_edt(boundary_free, sampling=voxel_size).astype(np.float32)
+    # The edt package gives the same exact Euclidean distances as scipy's
+    # (float32, bit for bit here) at about a fifth of the time.
+    distance = edt.edt(boundary_free, anisotropy=tuple(float(v) for v in voxel_size), parallel=1)
     peaks = ndimage.maximum_filter(distance, size=_seed_footprint(min_seed_distance, voxel_size), mode="nearest")
     maxima = (distance == peaks) & boundary_free
     seeds, _ = ndimage.label(maxima, structure=np.ones((3,) * distance.ndim, bool))
@@ -144,25 +147,44 @@ def fragment_nodes(
     The centre is the mean voxel position; ``offset`` is the world position
     of ``fragments[0, 0, 0]``'s corner, and a voxel's position is its centre.
     """
-    ids, inverse, sizes = np.unique(fragments, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(fragments.shape)
+    ids, dense = _dense_labels(fragments)
+    sizes = np.bincount(dense.ravel(), minlength=len(ids))
     centers = np.empty((len(ids), fragments.ndim), np.float64)
     for axis in range(fragments.ndim):
-        coord = np.arange(fragments.shape[axis], dtype=np.float64)
-        shape = [1] * fragments.ndim
-        shape[axis] = -1
-        along = np.broadcast_to(coord.reshape(shape), fragments.shape)
-        sums = np.bincount(inverse.ravel(), weights=along.ravel(), minlength=len(ids))
-        centers[:, axis] = (sums / sizes + 0.5) * voxel_size[axis] + offset[axis]
+        # Sum of coordinates along one axis = bincount over the other axes'
+        # planes, weighted by the coordinate: no full-size coordinate array.
+        moved = np.moveaxis(dense, axis, 0)
+        sums = np.zeros(len(ids), np.float64)
+        for index in range(moved.shape[0]):
+            if index:
+                sums += index * np.bincount(moved[index].ravel(), minlength=len(ids))
+        centers[:, axis] = (sums / np.maximum(sizes, 1) + 0.5) * voxel_size[axis] + offset[axis]
     keep = ids != 0
     return ids[keep].astype(np.uint64), centers[keep], sizes[keep].astype(np.int64)
 
 
+def _dense_labels(fragments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ids (0 first, present or not) and the fragments as indices into them.
+
+    fastremap's hash-based renumbering replaces ``np.unique(return_inverse=True)``,
+    whose sort of every voxel was a third of a fragments block's time.
+    """
+    dense, mapping = fastremap.renumber(np.ascontiguousarray(fragments), preserve_zero=True, in_place=False)
+    mapping.setdefault(0, 0)
+    by_dense = np.zeros(len(mapping), np.uint64)
+    for old, new in mapping.items():
+        by_dense[new] = old
+    order = np.argsort(by_dense, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return by_dense[order], rank[dense]
+
+
 def mean_per_fragment(fragments: np.ndarray, values: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Mean of ``values`` over each fragment in ``ids`` (sorted, as ``fragment_nodes`` gives them)."""
-    labels, inverse = np.unique(fragments, return_inverse=True)
-    inverse = inverse.ravel()
-    sums = np.bincount(inverse, weights=values.ravel().astype(np.float64), minlength=len(labels))
-    counts = np.bincount(inverse, minlength=len(labels))
+    labels, dense = _dense_labels(fragments)
+    dense = dense.ravel()
+    sums = np.bincount(dense, weights=values.ravel().astype(np.float64), minlength=len(labels))
+    counts = np.bincount(dense, minlength=len(labels))
     means = sums / np.maximum(counts, 1)
     return means[np.searchsorted(labels, ids)]

@@ -10,7 +10,9 @@ variance and Pearson channels carry a rounding error of about
   ``np.float32`` swapped for ``np.float64``), which isolates the algorithm
   from that rounding: agreement is ~1e-7 (float32 output rounding);
 - the offset and size channels with the stock float32 oracle within 1e-5,
-  and every channel within 1e-5 on a volume small enough for the oracle.
+  every channel within 1e-5 on a volume small enough for the oracle, and
+  every channel within 1e-5 on each voxel where the stock oracle's own
+  rounding (stock minus float64) is below 5e-6.
 """
 
 from __future__ import annotations
@@ -133,6 +135,26 @@ def test_every_channel_matches_stock_oracle_on_a_small_volume(seed):
     case = dict(shape=(16, 16, 16), cells=6, sigma=4.0, voxel_size=None, downsample=1)
     labels = case_labels(case, seed)
     np.testing.assert_allclose(compute(case, labels), run_oracle(case, labels), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_every_channel_matches_stock_oracle_where_its_float32_is_exact(name):
+    """Check 1 of the targets issue on 2D/3D, iso/anisotropic, with/without downsampling.
+
+    The stock oracle's float32 rounding is measured voxel by voxel against
+    the same oracle code run in float64. Wherever that rounding is below
+    5e-6 (95-100% of the voxels in these cases), our descriptors must be
+    within 1e-5 of the stock output; the remaining voxels differ only by
+    the oracle's own rounding, which is what the double-precision test pins.
+    """
+    case = CASES[name]
+    labels = case_labels(case, seed=3)
+    ours = compute(case, labels)
+    stock = run_oracle(case, labels)
+    rounding = np.abs(stock - run_oracle(case, labels, double=True))
+    exact = rounding <= 5e-6
+    assert exact.mean() >= 0.95, f"oracle rounding above 5e-6 on {1 - exact.mean():.1%} of the voxels"
+    np.testing.assert_allclose(ours[exact], stock[exact], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["3d-anisotropic", "2d-downsample-2"])
