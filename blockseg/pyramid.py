@@ -7,7 +7,8 @@ Each dataset gets its own OME-Zarr 0.5 image group under
 
     volumes.zarr/pyramids/raw/{s0, s1, ...}                       mean
     volumes.zarr/pyramids/affinities/{s0, s1, ...}                mean, channels kept
-    volumes.zarr/pyramids/fragments/{s0, s1, ...}                 mode (image-label)
+    volumes.zarr/pyramids/fragments/{s0, s1, ...}                 mode (image-label); mws / instances
+                                                                  when those stages make the pieces
     volumes.zarr/pyramids/segmentation/threshold_<t>/{s0, ...}    mode (image-label)
     volumes.zarr/pyramids/ground_truth/{s0, ...}                  mode (image-label)
 
@@ -27,8 +28,8 @@ factors of levels 1..k) and covers the run's ROI from its corner. Its
 voxel, ``offset + F_k * voxel_size / 2``: OME-NGFF places pixel ``i`` at
 ``i * scale + translation``, and ome-zarr-py, napari and neuroglancer (which
 shifts OME translations by half a voxel to its corner convention) read that
-position as the pixel's centre, so the levels overlay each other exactly. (blockseg's
-``offset`` attribute is the corner of the first voxel.)
+position as the pixel's centre, so the levels overlay each other exactly.
+(blockseg's ``offset`` attribute is the corner of the first voxel.)
 
 Blocks
 ------
