@@ -286,7 +286,8 @@ class ChannelInstancesConfig(_Strict):
 class PcaPreviewConfig(_Strict):
     """An RGB view of the embeddings: one PCA fitted on a sample of the whole volume."""
 
-    samples: int = Field(20000, gt=0, description="voxels drawn at random to fit the PCA")
+    samples: int = Field(20000, gt=1, description="voxels drawn at random to fit the PCA")
+    sample_chunks: int = Field(32, gt=0, description="chunks of the embeddings the voxels are drawn from (at random)")
     seed: int = Field(0, description="seed of the sample")
     chunk_shape: Optional[list[int]] = None
 

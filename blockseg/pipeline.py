@@ -876,23 +876,28 @@ def _channel_instances_block_function(run: Run):
 def _pca_prepare(run: Run) -> None:
     """Fit the one PCA of the preview on a random sample of the whole volume's embeddings.
 
-    Voxels are drawn uniformly (with replacement, fixed seed) from the total
-    ROI and read point-wise, so the fit reads at most ``samples`` chunks, not
-    the volume. The same seed gives the same model on a resume, so blocks
+    A point-wise random sample would decompress one chunk per voxel drawn,
+    which on a terabyte volume is most of it. Instead ``sample_chunks``
+    chunks of the embeddings are drawn at random (fixed seed) from all those
+    the total ROI touches, read whole, and ``samples`` voxels are drawn from
+    them evenly. The same seed gives the same model on a resume, so blocks
     coloured before and after agree.
     """
     from workers import embeddings as embeddings_worker
 
     cfg = run.config.stages.pca_preview
     volume = run.embeddings
-    origin, shape = run.total_roi.shift(tuple(-o for o in volume.offset)).to_voxels(volume.voxel_size)
     rng = np.random.default_rng(cfg.seed)
-    flat = np.sort(rng.integers(0, int(np.prod(shape)), cfg.samples))
-    points = [p + o for p, o in zip(np.unravel_index(flat, shape), origin)]
-    count = volume.channel_shape[0]
-    channel = np.repeat(np.arange(count), len(flat))
-    coords = (channel, *(np.tile(p, count) for p in points))
-    samples = np.asarray(volume.array.get_coordinate_selection(coords), np.float64).reshape(count, len(flat)).T
+    chunk_nm = tuple(c * v for c, v in zip(volume.chunk_shape, volume.voxel_size))
+    chunk_grid = BlockGrid(run.total_roi, chunk_nm)
+    chosen = np.sort(rng.choice(chunk_grid.num_blocks, min(cfg.sample_chunks, chunk_grid.num_blocks), replace=False))
+    per_chunk = -(-cfg.samples // len(chosen))
+    parts = []
+    for chunk_id in chosen:
+        data = volume.read(chunk_grid.write_roi(int(chunk_id)))
+        flat = data.reshape(len(data), -1)
+        parts.append(flat[:, rng.integers(0, flat.shape[1], per_chunk)].T)
+    samples = np.concatenate(parts).astype(np.float64)[: cfg.samples]
     if not np.all(np.isfinite(samples)):
         raise InputError(f"input.embeddings: {volume.url} contains NaN/inf values; the PCA preview needs finite embeddings")
     run.pca_model = embeddings_worker.fit_embedding_pca(samples, n_components=3)
