@@ -203,6 +203,16 @@ def cmd_graph_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    from blockseg.config import ConfigError, load_config
+    from blockseg.view import NEUROGLANCER_URL, view
+
+    config = load_config(args.config)
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port: {args.port} is outside 0..65535 (0 picks a free port)")
+    return view(config, port=args.port, open_browser=not args.no_browser, viewer_url=args.neuroglancer or NEUROGLANCER_URL)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blockseg", description="Blockwise segmentation of large EM volumes on dask.")
     parser.add_argument("--version", action="version", version=f"blockseg {__version__}")
@@ -250,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--restart", action="store_true")
     common(demo)
     demo.set_defaults(func=cmd_demo)
+
+    view = sub.add_parser("view", help="serve the outputs on 127.0.0.1; print a neuroglancer link and a napari command")
+    view.add_argument("config")
+    view.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    view.add_argument("--no-browser", action="store_true", help="only print the link")
+    view.add_argument("--neuroglancer", metavar="URL", help="neuroglancer to link to (default: the public demo)")
+    view.set_defaults(func=cmd_view)
     return parser
 
 

@@ -302,6 +302,20 @@ class PcaPreviewConfig(_Strict):
     _chunk = field_validator("chunk_shape")(lambda v: _positive(v, "chunk_shape"))
 
 
+class DownsampleConfig(_Strict):
+    """OME-Zarr pyramids of the inputs and outputs (see blockseg/pyramid.py)."""
+
+    levels: int = Field(3, ge=1, le=16, description="levels below full resolution (s1 .. s<levels>)")
+    factor: Optional[list[int]] = Field(
+        None, description="per-level factor (z, y, x), e.g. [1, 2, 2]; default: halve the finer axes of each level"
+    )
+    datasets: Optional[list[Literal["raw", "affinities", "fragments", "segmentation", "ground_truth"]]] = Field(
+        None, description="what gets a pyramid; default: raw, affinities, fragments, segmentation (those the run has)"
+    )
+
+    _factor = field_validator("factor")(lambda v: _positive(v, "factor"))
+
+
 class StagesConfig(_Strict):
     predict: Optional[PredictConfig] = None
     embeddings_to_affinities: Optional[EmbeddingsToAffinitiesConfig] = None
@@ -316,6 +330,7 @@ class StagesConfig(_Strict):
     segments: SegmentsConfig = Field(default_factory=SegmentsConfig)
     relabel: RelabelConfig = Field(default_factory=RelabelConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    downsample: Optional[DownsampleConfig] = None
 
 
 class LocalClusterConfig(_Strict):

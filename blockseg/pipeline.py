@@ -45,6 +45,7 @@ log = logging.getLogger("blockseg")
 STAGE_ORDER = (
     "predict", "lsds", "channels", "weights", "embeddings_to_affinities", "pca_preview", "check",
     "fragments", "agglomerate", "mws", "channel_instances", "stitch", "segments", "relabel", "evaluate",
+    "downsample",
 )
 TARGET_STAGES = ("lsds", "channels", "weights")
 # stages that make fragments for segments / relabel / evaluate, and their datasets
@@ -270,6 +271,10 @@ def open_run(config: PipelineConfig, restart: bool = False) -> Run:
     check_layouts(config, reference.voxel_size)
     check_targets(config, reference.voxel_size)
     embedding_stages.check_config(config, affinities, embeddings, channels, truth)
+    if config.stages.downsample is not None:
+        from blockseg.pyramid import check_downsample_config
+
+        check_downsample_config(config, reference.voxel_size, total_roi)
     wanted = [n for n in TARGET_STAGES if getattr(config.stages, n) is not None]
     if wanted and truth is None:
         raise ConfigError(f"config error: stages.{wanted[0]}: needs input.ground_truth")
@@ -429,6 +434,8 @@ class Stage:
     global_step: Callable[[Run], None] | None = None
     prepare: Callable[[Run], None] | None = None
     resources: Callable[[Run], dict] | None = None
+    # creates the outputs under a token when they are not all at the run's voxel size (pyramid levels)
+    create_outputs: Callable[[Run, str], None] | None = None
 
 
 def _fragments_context(run: Run) -> tuple[int, ...]:
@@ -635,6 +642,9 @@ def _registry() -> dict[str, Stage]:
     stages += [_target_stage(name) for name in TARGET_STAGES]
     stages.append(_predict_stage())
     stages += embedding_stages.registry_entries()
+    from blockseg.pyramid import downsample_stage  # here: pyramid.py imports this module's names lazily
+
+    stages.append(downsample_stage())
     return {stage.name: stage for stage in stages}
 
 
@@ -938,12 +948,14 @@ def reset_stage(run: Run, stage: Stage) -> StageState:
     """Drop a stage's results and create its outputs afresh under a new token."""
     run.store.drop_stage(stage.name)
     token = uuid.uuid4().hex
-    for spec in stage.outputs(run):
+    for spec in stage.outputs(run) if stage.create_outputs is None else ():
         layout = _output_layout(run, spec)
         create_volume(
             spec.url, spec.roi or run.total_roi, run.voxel_size, spec.dtype, layout.pop("chunk_shape"), spec.channels,
             axis_names=spec.axis_names, attrs={**spec.attrs, TOKEN_ATTR: token}, **layout,
         )
+    if stage.create_outputs is not None:
+        stage.create_outputs(run, token)
     if stage.name == "segments":
         run.store.drop_luts()
     state = StageState(fingerprint(run, stage), token)
