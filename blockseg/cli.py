@@ -106,11 +106,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     run = open_run(config)
-    print(f"{'stage':<12} {'done':>8} {'total':>8}  state")
+    print(f"{'stage':<24} {'done':>8} {'total':>8}  state")
     for name in STAGE_ORDER:
         stage = STAGES[name]
         if not stage.enabled(run):
-            print(f"{name:<12} {'-':>8} {'-':>8}  disabled")
+            print(f"{name:<24} {'-':>8} {'-':>8}  disabled")
             continue
         done, total, current = stage_progress(run, stage)
         state = "complete" if current and done == total else ("partial" if current and done else "not started")
@@ -123,7 +123,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             failed = json.loads(failed_file.read_text())
             ids = ", ".join(str(f["block_id"]) for f in failed[:20]) + (" ..." if len(failed) > 20 else "")
             state += f"; {len(failed)} block(s) FAILED in the last run: {ids} (details: {failed_file})"
-        print(f"{name:<12} {done:>8} {total:>8}  {state}")
+        print(f"{name:<24} {done:>8} {total:>8}  {state}")
     return 0
 
 

@@ -331,17 +331,6 @@ def _mutex_watershed(affs: np.ndarray, offsets, bias, attractive, strides, rando
     )
 
 
-def push_weight(distance: np.ndarray, delta: float) -> np.ndarray:
-    """One minus the push affinity: 0 for equal embeddings, 1 from ``2 delta`` apart (elf's loss weight).
-
-    Examples
-    --------
-    >>> push_weight(np.array([0.0, 1.0, 2.0, 3.0]), 1.0).tolist()
-    [0.0, 0.75, 1.0, 1.0]
-    """
-    return 1.0 - np.maximum((2.0 * delta - distance) / (2.0 * delta), 0.0) ** 2
-
-
 def _embedding_mutex_watershed(
     embeddings: np.ndarray, offsets, distance, delta, bias, strides, randomize_strides, seed
 ) -> np.ndarray:
@@ -349,7 +338,7 @@ def _embedding_mutex_watershed(
 
     from workers import embeddings as embeddings_worker
 
-    weight = functools.partial(push_weight, delta=delta) if delta is not None else None
+    weight = functools.partial(embeddings_worker.push_dissimilarity, delta=delta) if delta is not None else None
     return embeddings_worker.segment_embeddings_mws(
         embeddings.astype(np.float32, copy=False), offsets, distance, bias=bias, strides=strides,
         randomize_strides=randomize_strides, seed=seed, weight_function=weight,
