@@ -105,6 +105,33 @@ def _stride_keep(
     return keep
 
 
+def _native_strides(offsets: np.ndarray, stride_channels: np.ndarray, strides: list[int]) -> list[list[int]] | None:
+    """mwatershed's per-offset ``strides`` when its lattice equals ours, else None.
+
+    mwatershed keeps the entries ``max(0, -o) + k * s`` along each axis
+    (counted from the first entry whose neighbour is inside); ours keeps the
+    multiples of ``s``. The two agree when every negative offset entry of a
+    strided channel is a multiple of the stride on its axis.
+
+    Examples
+    --------
+    >>> _native_strides(np.array([[0, -1], [0, -4]]), np.array([False, True]), [1, 2])
+    [[1, 1], [1, 2]]
+    >>> _native_strides(np.array([[0, -1], [0, -3]]), np.array([False, True]), [1, 2]) is None
+    True
+    """
+    ndim = offsets.shape[1]
+    per_channel = []
+    for offset, strided in zip(offsets, stride_channels):
+        if not strided:
+            per_channel.append([1] * ndim)
+            continue
+        if any(o < 0 and (-int(o)) % s for o, s in zip(offset, strides)):
+            return None
+        per_channel.append(list(strides))
+    return per_channel
+
+
 def _classic_to_signed(weights: np.ndarray, attractive: int, present: np.ndarray) -> None:
     """Turn classic priorities (higher = earlier; the channel decides the kind) into mwatershed weights, in place.
 
@@ -253,33 +280,52 @@ def mutex_watershed(
             raise ValueError(f"mask must have the spatial shape {spatial}; got {mask.shape}")
         mask = mask.astype(bool, copy=False)
 
-    # present[c, p]: channel c has a real edge at p (neighbour inside, both
-    # ends in the mask, not dropped by the strides).
-    present = np.zeros(affinities.shape, dtype=bool)
-    for c, offset in enumerate(offsets_array):
-        source, target = _valid_slices(offset, spatial)
-        if mask is None:
-            present[(c,) + source] = True
-        else:
-            present[(c,) + source] = mask[source] & mask[target]
-    if strides is not None and stride_channels.any():
-        keep = _stride_keep(spatial, strides, randomize_strides, np.random.default_rng(seed))
-        present[stride_channels] &= keep
+    # Strides: when mwatershed's own lattice is ours (see _native_strides), it
+    # never builds the dropped edges, which saves their sort and bookkeeping;
+    # otherwise they are zeroed below (a zero weight is an edge mwatershed
+    # takes last, when it can no longer change a cluster).
+    native = None
+    if strides is not None and stride_channels.any() and not randomize_strides:
+        native = _native_strides(offsets_array, stride_channels, [int(s) for s in strides])
 
-    # One float64 copy (mwatershed's input type), then everything in place:
-    # a 64 x 256 x 256 block with 9 channels is 300 MB per copy.
-    weights = np.array(affinities, dtype=np.float64, order="C")
+    # Which entries must be zeroed. mwatershed itself skips entries whose
+    # neighbour lies outside the array, so signed mode with neither a mask nor
+    # strides it cannot do needs no such array (it is a bool per weight).
+    # Classic mode needs it to find the lowest priority of the real edges.
+    need_present = mask is not None or attractive is not None or (strides is not None and native is None and stride_channels.any())
+    present = None
+    if need_present:
+        # present[c, p]: channel c has a real edge at p (neighbour inside, both
+        # ends in the mask, not dropped by the strides).
+        present = np.zeros(affinities.shape, dtype=bool)
+        for c, offset in enumerate(offsets_array):
+            source, target = _valid_slices(offset, spatial)
+            if mask is None:
+                present[(c,) + source] = True
+            else:
+                present[(c,) + source] = mask[source] & mask[target]
+        if strides is not None and stride_channels.any() and (native is None or attractive is not None):
+            keep = _stride_keep(spatial, strides, randomize_strides, np.random.default_rng(seed))
+            present[stride_channels] &= keep
+
+    # One float64 array (mwatershed's only input type), made by the first
+    # operation itself rather than by a copy: a 64 x 256 x 256 block with 9
+    # channels is 300 MB per copy. Adding in float64 gives the same bits as
+    # converting first and adding after.
+    shaped_bias = bias_array.reshape((n_channels,) + (1,) * ndim)
     if attractive is None:
-        weights += bias_array.reshape((n_channels,) + (1,) * ndim)
-        weights[~present] = 0.0
+        weights = np.add(affinities, shaped_bias, dtype=np.float64)
+        if present is not None:
+            np.putmask(weights, ~present, 0.0)
     else:
+        weights = np.array(affinities, dtype=np.float64, order="C")
         # repulsive priority 1 - affinity, then each channel's bias
         weights[attractive:] *= -1.0
         weights[attractive:] += 1.0
-        weights += bias_array.reshape((n_channels,) + (1,) * ndim)
+        weights += shaped_bias
         _classic_to_signed(weights, attractive, present)
 
-    raw = mwatershed.agglom(weights, [list(map(int, o)) for o in offsets_array])
+    raw = mwatershed.agglom(weights, [list(map(int, o)) for o in offsets_array], strides=native)
     return _number_objects(np.asarray(raw), mask)
 
 

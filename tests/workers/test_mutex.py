@@ -158,3 +158,66 @@ def test_nan_affinities_and_wrong_rank_are_refused():
     with pytest.raises(ValueError, match="2D or 3D"):
         mutex_watershed(np.zeros((2, 5)), [[1], [1]])
     assert check_offsets([[0, -1], [-3, 0]], 2).tolist() == [[0, -1], [-3, 0]]
+
+
+def _lattice_reference(affinities, offsets, bias, strides, stride_channels, mask=None):
+    """Signed mwatershed with every dropped edge zeroed by hand (no native strides): the slow, obvious way."""
+    ndim = affinities.ndim - 1
+    weights = affinities + np.asarray(bias, float).reshape((-1,) + (1,) * ndim)
+    on_lattice = np.zeros(affinities.shape[1:], bool)
+    on_lattice[tuple(slice(None, None, s) for s in strides)] = True
+    for c in np.flatnonzero(stride_channels):
+        weights[c][~on_lattice] = 0.0
+    if mask is not None:
+        for c, offset in enumerate(offsets):
+            # the neighbour's mask value, False where it falls outside
+            neighbour = np.zeros_like(mask)
+            src = tuple(slice(max(0, -o), n - max(0, o)) for o, n in zip(offset, mask.shape))
+            dst = tuple(slice(max(0, o), n - max(0, -o)) for o, n in zip(offset, mask.shape))
+            neighbour[src] = mask[dst]
+            weights[c][~(mask & neighbour)] = 0.0
+    labels = singletons_apart(mwatershed.agglom(weights, offsets))
+    if mask is not None:
+        labels[~mask] = 0
+    return labels
+
+
+@pytest.mark.parametrize("shape", [(30, 34), (10, 16, 18)])
+def test_strides_native_or_not_equal_zeroed_edges(shape):
+    # Negative offsets that are multiples of the stride let mwatershed build
+    # only the kept edges itself; -3 with stride 2 does not (zeroed instead).
+    # Both must give what zeroing the dropped edges by hand gives.
+    rng = np.random.default_rng(7 + len(shape))
+    ndim = len(shape)
+    unit = (-np.eye(ndim, dtype=int)).tolist()
+    cases = {
+        "native": [[-4] + [0] * (ndim - 1), [0] * (ndim - 1) + [-2], [0] * (ndim - 2) + [-2, 4]],
+        "zeroed": [[-3] + [0] * (ndim - 1), [0] * (ndim - 1) + [-2], [0] * (ndim - 2) + [2, -4]],
+    }
+    for name, long_range in cases.items():
+        offsets = unit + long_range
+        bias = [-0.35] * ndim + [-0.55] * 3
+        stride_channels = np.array([False] * ndim + [True] * 3)
+        for use_mask in (False, True):
+            affinities = rng.random((len(offsets),) + shape).astype(np.float32)
+            mask = rng.random(shape) > 0.2 if use_mask else None
+            mine = mutex_watershed(affinities, offsets, bias=bias, strides=[2] * ndim, mask=mask)
+            reference = _lattice_reference(affinities.astype(np.float64), offsets, bias, [2] * ndim, stride_channels, mask)
+            assert same_partition(mine, reference), (name, use_mask)
+            assert np.array_equal(mine == 0, reference == 0)
+
+
+def test_entries_whose_neighbour_is_outside_do_not_matter():
+    # Signed mode without mask or strides hands mwatershed the weights as they
+    # are: entries linking to a pixel outside the array must be ignored, so
+    # wild values there cannot change the result.
+    rng = np.random.default_rng(11)
+    offsets = [[-1, 0], [0, -1], [-3, 0], [0, 3]]
+    affinities = rng.random((4, 20, 22))
+    first = mutex_watershed(affinities, offsets, bias=-0.5)
+    wild = affinities.copy()
+    wild[0, 0, :] = 50.0
+    wild[1, :, 0] = -50.0
+    wild[2, :3, :] = 50.0
+    wild[3, :, -3:] = -50.0
+    assert np.array_equal(first, mutex_watershed(wild, offsets, bias=-0.5))
