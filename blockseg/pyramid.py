@@ -37,8 +37,18 @@ One block of the run's grid writes its part of every level, each level
 computed from the one above it (:func:`workers.downsample.pyramid`). A block
 starts at a multiple of the coarsest total factor (checked before any work),
 so no window straddles two blocks and the blockwise pyramid equals the
-whole-volume one exactly. Level ``k`` is chunked by the block shape divided
-by ``F_k``: every block writes whole chunks of every level.
+whole-volume one exactly.
+
+Storage
+-------
+The groups and levels are made through :mod:`blockseg.storage` at the run's
+``volumes_url``, local or ``s3://`` with the configured storage options, and
+the block functions open the levels themselves, as every other stage does.
+A level takes the codec of its source's layout (``storage.outputs``) and is
+sharded when the source is and the level's block (``block / F_k``) is a whole
+number of the source's shards scaled by ``F_k``; otherwise it is chunked by
+the level's block (:func:`level_layout`). Either way every block writes
+whole objects of every level.
 """
 
 from __future__ import annotations
@@ -52,11 +62,13 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import zarr
 
+from blockseg import storage
 from blockseg.blocks import Block, BlockGrid
 from blockseg.config import ConfigError
 from blockseg.geometry import Roi
 from blockseg.graph.base import BlockOutput
-from blockseg.volume import TOKEN_ATTR, default_compressor, open_volume, split_array_url
+from blockseg.layout import output_layout
+from blockseg.volume import TOKEN_ATTR, VolumeError, make_compressors, open_volume, split_array_url
 from workers import downsample as downsample_worker
 
 if TYPE_CHECKING:
@@ -231,8 +243,70 @@ def ome_multiscales(
     return ome
 
 
+def _largest_divisor_at_most(extent: int, largest: int) -> int:
+    return max(d for d in range(1, max(1, min(extent, largest)) + 1) if extent % d == 0)
+
+
+def level_layout(source_layout: dict, block_voxels: Sequence[int], total: Sequence[int]) -> dict:
+    """Chunks, shards and codec of a pyramid level, from the layout of its source output.
+
+    A level keeps its source's codec. It is sharded like its source when the
+    source is sharded, every shard extent divides by the level's total factor
+    ``F_k`` and the level's block (``block / F_k``) is a whole number of the
+    scaled shards ``shard / F_k``: then each block still writes whole objects
+    of every level, and a level covers the same world region per object as
+    level 0. Otherwise the level is stored in plain chunks of one level block
+    each (one object per block and level).
+
+    Parameters
+    ----------
+    source_layout : dict
+        Keyword arguments of :func:`~blockseg.volume.create_volume` for the
+        source, as :func:`blockseg.layout.output_layout` gives them.
+    block_voxels : sequence of int
+        The run's block shape in level-0 voxels.
+    total : sequence of int
+        The level's total factor ``F_k`` relative to level 0.
+
+    Examples
+    --------
+    >>> source = {"chunk_shape": (8, 64, 64), "shard_shape": (16, 128, 128), "codec": "zstd", "level": None}
+    >>> level_layout(source, (16, 128, 128), (1, 2, 2))
+    {'chunk_shape': (8, 64, 64), 'shard_shape': (16, 64, 64), 'codec': 'zstd', 'level': None}
+    >>> level_layout(source, (16, 128, 128), (32, 2, 2))["shard_shape"] is None  # 16 z voxels do not divide by 32
+    True
+    """
+    level_block = tuple(max(1, b // f) for b, f in zip(block_voxels, total))
+    codec = {"codec": source_layout.get("codec", "blosc-zstd"), "level": source_layout.get("level")}
+    shard = source_layout.get("shard_shape")
+    if shard is not None and all(s % f == 0 for s, f in zip(shard, total)):
+        level_shard = tuple(s // f for s, f in zip(shard, total))
+        if all(b % s == 0 for b, s in zip(level_block, level_shard)):
+            # the source's inner chunk where it still fits, else the largest one that divides the shard
+            chunk = tuple(
+                _largest_divisor_at_most(s, c) for s, c in zip(level_shard, source_layout["chunk_shape"])
+            )
+            return {"chunk_shape": chunk, "shard_shape": level_shard, **codec}
+    return {"chunk_shape": level_block, "shard_shape": None, **codec}
+
+
+def _source_layout(run: "Run", source: PyramidSource) -> dict:
+    """The storage layout the config gives the source (``storage.outputs.<name>`` or ``default``).
+
+    Inputs (raw, ground truth, input affinities) are no outputs of the run;
+    their pyramids follow ``storage.outputs.<raw|ground_truth|affinities>``,
+    else ``default``, so one config entry sets the codec either way.
+    """
+    return output_layout(run.config, source.name.split("/")[0], run.block_voxels)
+
+
 def create_pyramids(run: "Run", token: str) -> None:
-    """Create every level array and the groups' OME metadata, under ``token``."""
+    """Create every level array and the groups' OME metadata, under ``token``.
+
+    Everything goes through the storage layer at the run's ``volumes_url``
+    (a local folder or ``s3://``, opened with the registered storage
+    options), so the pyramids live beside the run's other volumes.
+    """
     factors = level_factors(run)
     totals = downsample_worker.cumulative_factors(factors)
     offset = run.total_roi.offset
@@ -241,35 +315,46 @@ def create_pyramids(run: "Run", token: str) -> None:
         volume = open_volume(source.source_url)
         channels = volume.channel_shape
         names = volume.axis_names
+        source_layout = _source_layout(run, source)
         container, group_path = split_array_url(source.group_url)
-        root = zarr.open_group(container, mode="a")
-        group = root.require_group(PYRAMIDS)
-        for part in group_path.split("/")[1:]:
-            group = group.require_group(part)
-        for level, total in enumerate(totals):
-            level_voxel_size = [v * f for v, f in zip(run.voxel_size, total)]
-            shape = downsample_worker.downsampled_shape(level0_shape, total)
-            chunks = tuple(max(1, b // f) for b, f in zip(run.block_voxels, total))
-            zarr.create_array(
-                container,
-                name=f"{group_path}/s{level}",
-                shape=tuple(channels) + shape,
-                chunks=tuple(channels) + chunks,
-                dtype=volume.dtype,
-                fill_value=0,
-                compressors=[default_compressor(volume.dtype)],
-                attributes={
-                    "voxel_size": level_voxel_size,
-                    "offset": list(offset),
-                    "axis_names": list(names),
-                    "units": ["nm"] * len(level_voxel_size),
-                    TOKEN_ATTR: token,
-                },
-                dimension_names=list(names),
-                overwrite=True,
-            )
-        ome = ome_multiscales(source.name, names, len(channels), run.voxel_size, offset, factors, source.method)
-        group.attrs.update({"ome": ome, TOKEN_ATTR: token})
+        try:
+            store = storage.zarr_store(container)
+            group = zarr.open_group(store, mode="a")
+            for part in group_path.split("/"):
+                group = group.require_group(part)
+            for level, total in enumerate(totals):
+                level_voxel_size = [v * f for v, f in zip(run.voxel_size, total)]
+                shape = downsample_worker.downsampled_shape(level0_shape, total)
+                layout = level_layout(source_layout, run.block_voxels, total)
+                shards = layout["shard_shape"]
+                zarr.create_array(
+                    store,
+                    name=f"{group_path}/s{level}",
+                    shape=tuple(channels) + shape,
+                    chunks=tuple(channels) + tuple(layout["chunk_shape"]),
+                    shards=None if shards is None else tuple(channels) + tuple(shards),
+                    dtype=volume.dtype,
+                    fill_value=0,
+                    compressors=make_compressors(layout["codec"], volume.dtype, layout["level"]),
+                    attributes={
+                        "voxel_size": level_voxel_size,
+                        "offset": list(offset),
+                        "axis_names": list(names),
+                        "units": ["nm"] * len(level_voxel_size),
+                        TOKEN_ATTR: token,
+                    },
+                    dimension_names=list(names),
+                    overwrite=True,
+                )
+            ome = ome_multiscales(source.name, names, len(channels), run.voxel_size, offset, factors, source.method)
+            group.attrs.update({"ome": ome, TOKEN_ATTR: token})
+        except VolumeError:
+            raise
+        except Exception as error:
+            if storage.is_remote(container):
+                # one line naming the URL, as for the other outputs (never a botocore traceback)
+                raise VolumeError(storage.explain(source.group_url, error)) from None
+            raise
 
 
 def downsample_block(
