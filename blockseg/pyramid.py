@@ -357,6 +357,22 @@ def create_pyramids(run: "Run", token: str) -> None:
             raise
 
 
+def _open_level(url: str) -> zarr.Array:
+    """A level array for writing, opened as zarr v3 directly.
+
+    ``create_pyramids`` made it, so its format is known: naming it spares
+    the probes for zarr v2 metadata that a format-guessing open makes, several
+    requests per level and block on an object store.
+    """
+    container, path = split_array_url(url)
+    try:
+        return zarr.open_array(storage.zarr_store(container), path=path, mode="r+", zarr_format=3)
+    except Exception as error:
+        if storage.is_remote(container):
+            raise VolumeError(storage.explain(url, error)) from None
+        raise
+
+
 def downsample_block(
     block: Block,
     sources: Sequence[tuple[str, Sequence[str], str]],
@@ -375,7 +391,7 @@ def downsample_block(
         data = open_volume(source_url).read(block.write_roi)
         levels = downsample_worker.pyramid(data, factors, method)
         for level, url, total in zip(levels, level_urls, totals):
-            array = open_volume(url, mode="r+").array
+            array = _open_level(url)
             spatial = level.shape[level.ndim - len(total) :]
             # exact: a block starts at a multiple of every level's total factor
             first = [s // f for s, f in zip(start, total)]
