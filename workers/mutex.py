@@ -292,7 +292,8 @@ def mutex_watershed(
     # neighbour lies outside the array, so signed mode with neither a mask nor
     # strides it cannot do needs no such array (it is a bool per weight).
     # Classic mode needs it to find the lowest priority of the real edges.
-    need_present = mask is not None or attractive is not None or (strides is not None and native is None and stride_channels.any())
+    zeroed_strides = strides is not None and stride_channels.any() and native is None
+    need_present = mask is not None or attractive is not None or zeroed_strides
     present = None
     if need_present:
         # present[c, p]: channel c has a real edge at p (neighbour inside, both
