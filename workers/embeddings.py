@@ -39,7 +39,7 @@ import fastremap
 import numpy as np
 from skimage.transform import resize
 
-from workers.mutex import check_offsets, mutex_watershed
+from workers.mutex import check_offsets, mutex_watershed, neighbour_slices
 
 __all__ = [
     "DISTANCE_TYPES",
@@ -531,20 +531,6 @@ def tiled_embedding_view(
 # ----------------------------------------------------------------------------
 
 
-def _pair_slices(offset: Sequence[int], shape: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """Slices selecting pixels ``p`` with ``p + offset`` inside ``shape``, and those neighbours."""
-    source, target = [], []
-    for o, n in zip(offset, shape):
-        o = int(o)
-        if o >= 0:
-            source.append(slice(0, max(n - o, 0)))
-            target.append(slice(min(o, n), n))
-        else:
-            source.append(slice(min(-o, n), n))
-            target.append(slice(0, max(n + o, 0)))
-    return tuple(source), tuple(target)
-
-
 def _distance(a: np.ndarray, b: np.ndarray, distance_type: str) -> np.ndarray:
     """Distance along axis 0 between two (E, ...) arrays."""
     if distance_type == "l2":
@@ -600,7 +586,7 @@ def embedding_distances(
     distances = np.zeros((len(offsets_array),) + spatial, dtype=np.float32)
     valid = np.zeros(distances.shape, dtype=bool)
     for c, offset in enumerate(offsets_array):
-        source, target = _pair_slices(offset, spatial)
+        source, target = neighbour_slices(offset, spatial)
         distances[(c,) + source] = _distance(values[(slice(None),) + source], values[(slice(None),) + target], distance_type)
         valid[(c,) + source] = True
     return distances, valid

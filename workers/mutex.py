@@ -80,7 +80,7 @@ def check_offsets(offsets: Sequence[Sequence[int]], ndim: int) -> np.ndarray:
     return integral
 
 
-def _valid_slices(offset: Sequence[int], shape: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+def neighbour_slices(offset: Sequence[int], shape: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
     """Slices of the pixels ``p`` whose neighbour ``p + offset`` lies inside ``shape``, and of those neighbours."""
     source, target = [], []
     for o, n in zip(offset, shape):
@@ -300,7 +300,7 @@ def mutex_watershed(
         # ends in the mask, not dropped by the strides).
         present = np.zeros(affinities.shape, dtype=bool)
         for c, offset in enumerate(offsets_array):
-            source, target = _valid_slices(offset, spatial)
+            source, target = neighbour_slices(offset, spatial)
             if mask is None:
                 present[(c,) + source] = True
             else:
