@@ -129,7 +129,7 @@ def test_dataset_aggregation_equals_stardist(by_image):
         assert pooled.f1 == pytest.approx(2 * pooled.tp / (2 * pooled.tp + pooled.fp + pooled.fn), abs=1e-12)
 
 
-def _stat(stats, **expected):
+def assert_stats(stats, **expected):
     for key, value in expected.items():
         assert getattr(stats, key) == pytest.approx(value, abs=1e-12), key
 
@@ -139,8 +139,8 @@ def test_hand_computed_shifted_square():
     truth[10:20, 10:20] = 1
     prediction = np.roll(truth, 5, axis=0) * 9  # IoU 50 / 150
     at_half, at_third = matching(truth, prediction, [0.5, 1 / 3])
-    _stat(at_half, tp=0, fp=1, fn=1, precision=0, f1=0, mean_matched_score=0, panoptic_quality=0)
-    _stat(at_third, tp=1, fp=0, fn=0, precision=1, recall=1, accuracy=1, f1=1,
+    assert_stats(at_half, tp=0, fp=1, fn=1, precision=0, f1=0, mean_matched_score=0, panoptic_quality=0)
+    assert_stats(at_third, tp=1, fp=0, fn=0, precision=1, recall=1, accuracy=1, f1=1,
           mean_matched_score=1 / 3, mean_true_score=1 / 3, panoptic_quality=1 / 3)
 
 
@@ -149,9 +149,9 @@ def test_hand_computed_split_in_halves():
     truth = np.array([[0, 1, 1, 1, 1, 1, 1, 1, 1, 0]])
     prediction = np.array([[0, 4, 4, 4, 4, 6, 6, 6, 6, 0]])
     half, above = matching(truth, prediction, [0.5, 0.51])
-    _stat(half, tp=1, fp=1, fn=0, n_true=1, n_pred=2, precision=0.5, recall=1, accuracy=0.5, f1=2 / 3,
+    assert_stats(half, tp=1, fp=1, fn=0, n_true=1, n_pred=2, precision=0.5, recall=1, accuracy=0.5, f1=2 / 3,
           mean_matched_score=0.5, mean_true_score=0.5, panoptic_quality=0.5 / 1.5)
-    _stat(above, tp=0, fp=2, fn=1)
+    assert_stats(above, tp=0, fp=2, fn=1)
 
 
 def _assignment_case() -> tuple[np.ndarray, np.ndarray]:
@@ -172,7 +172,7 @@ def test_assignment_maximises_matches_not_greedy_iou():
     truth, prediction = _assignment_case()
     # at 0.3 greedy best-IoU-first would take A-P and stop at 1 TP; optimal is B-P + A-R
     (stats,) = matching(truth, prediction, 0.3)
-    _stat(stats, tp=2, fp=1, fn=0, sum_matched_score=5 / 16 + 4 / 13)
+    assert_stats(stats, tp=2, fp=1, fn=0, sum_matched_score=5 / 16 + 4 / 13)
 
 
 def test_assignment_ties_broken_by_all_assigned_ious():
@@ -180,7 +180,7 @@ def test_assignment_ties_broken_by_all_assigned_ious():
     assigned IoU, so B-P (5/16) + A-R (4/13, below threshold) beats A-P (6/15) + B-Q (2/10)."""
     truth, prediction = _assignment_case()
     (stats,) = matching(truth, prediction, 0.31)
-    _stat(stats, tp=1, fp=2, fn=1, sum_matched_score=5 / 16, mean_matched_score=5 / 16)
+    assert_stats(stats, tp=1, fp=2, fn=1, sum_matched_score=5 / 16, mean_matched_score=5 / 16)
     _check_against_oracle(truth, prediction, [0.3, 0.31, 0.5])
 
 
@@ -188,18 +188,18 @@ def test_threshold_zero_counts_every_assigned_pair_like_the_reference():
     truth = np.array([[1, 1, 0, 0, 0]])
     prediction = np.array([[0, 0, 0, 5, 5]])  # no overlap at all
     zero, half = matching(truth, prediction, [0.0, 0.5])
-    _stat(zero, tp=1, fp=0, fn=0, sum_matched_score=0.0, panoptic_quality=0.0)
-    _stat(half, tp=0, fp=1, fn=1)
+    assert_stats(zero, tp=1, fp=0, fn=0, sum_matched_score=0.0, panoptic_quality=0.0)
+    assert_stats(half, tp=0, fp=1, fn=1)
     _check_against_oracle(truth, prediction, [0.0, 0.5])
 
 
 def test_empty_and_perfect():
     empty = np.zeros((4, 4), np.uint8)
     (stats,) = matching(empty, empty, 0.5)
-    _stat(stats, tp=0, fp=0, fn=0, n_true=0, n_pred=0, f1=0, panoptic_quality=0)
+    assert_stats(stats, tp=0, fp=0, fn=0, n_true=0, n_pred=0, f1=0, panoptic_quality=0)
     labels = np.arange(16).reshape(4, 4) % 5
     (stats,) = matching(labels, labels * 3, 1.0)  # relabelled copy: IoU 1 everywhere
-    _stat(stats, tp=4, fp=0, fn=0, f1=1, panoptic_quality=1, mean_true_score=1)
+    assert_stats(stats, tp=4, fp=0, fn=0, f1=1, panoptic_quality=1, mean_true_score=1)
     assert foreground_iou(empty, empty) == 1.0
 
 
