@@ -17,6 +17,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from workers.channels import CHANNEL_SETS as WORKER_CHANNEL_SETS
+
 
 class ConfigError(ValueError):
     """A config (or an input it names) is not usable; the message is one line."""
@@ -260,7 +262,7 @@ class MwsConfig(_Strict):
         return value
 
 
-CHANNEL_SETS = ("BC", "BCM", "BCD", "BP", "BCDv2", "Dv2", "BDv2")
+CHANNEL_SETS = tuple(WORKER_CHANNEL_SETS)  # one list: the sets workers/channels.py can make
 
 
 class ChannelInstancesConfig(_Strict):
@@ -425,9 +427,6 @@ class SchedulerConfig(_Strict):
     window_per_thread: int = Field(8, gt=0, description="blocks in flight per worker thread")
     progress: bool = True
     check_inputs: bool = Field(True, description="scan inputs for NaN / out-of-range values before the run")
-
-
-CODEC_NAMES = ("blosc-zstd", "blosc-lz4", "zstd", "none")
 
 
 class OutputStorageConfig(_Strict):

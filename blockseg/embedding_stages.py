@@ -275,6 +275,7 @@ def _channel_instances_block_function(run: Run):
         ids_per_block=run.ids_per_block,
         channel_set=cfg.channel_set,
         parameters=cfg.parameters,
+        voxel_size=tuple(run.channels_source.voxel_size),
     )
 
 
@@ -400,7 +401,6 @@ def registry_entries() -> list[Stage]:
             block_function=lambda run: functools.partial(
                 stitch.stitch_block,
                 grid=run.grid(_instance_context(run)),
-                fragments_url=run.fragments_url,
                 halos_url=run.halos_url,
                 ids_per_block=run.ids_per_block,
                 band=_stitch_band(run),

@@ -399,11 +399,15 @@ def channel_instances_block(
     ids_per_block: int,
     channel_set: str,
     parameters: dict,
+    voxel_size: Sequence[int],
 ) -> BlockOutput:
-    """BiaPy channels of the read ROI to instances; stitched like the mutex watershed's pieces."""
+    """BiaPy channels of the read ROI to instances; stitched like the mutex watershed's pieces.
+
+    ``voxel_size`` is the channels' (the driver knows it), so a block opens
+    the channels volume once, in ``_instances_block``.
+    """
     import functools
 
-    voxel_size = open_volume(channels_url).voxel_size
     segment = functools.partial(_segment_channels, channel_set=channel_set, parameters=dict(parameters), voxel_size=voxel_size)
     return _instances_block(block, segment, channels_url, fragments_url, halos_url, grid, ids_per_block)
 

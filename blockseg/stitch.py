@@ -200,17 +200,9 @@ def global_ids(local: np.ndarray, block_id: int, ids_per_block: int) -> np.ndarr
     return out
 
 
-def _read_halo(halos, layout: HaloLayout, grid: BlockGrid, block: Block, roi: Roi) -> np.ndarray:
-    """Block ``block``'s halo labels over ``roi`` (a part of its read ROI), made global by the caller."""
-    slot = layout.slot(grid.block_index(block.block_id))
-    shifted = roi.shift(tuple(s - r for s, r in zip(slot.offset, block.read_roi.offset)))
-    return halos.read(shifted)
-
-
 def stitch_block(
     block: Block,
     grid: BlockGrid,
-    fragments_url: str,
     halos_url: str,
     ids_per_block: int,
     band: Sequence[int] | None = None,
@@ -222,26 +214,38 @@ def stitch_block(
     most the context) limits the compared region to that distance from the
     face; default: the whole context.
     """
-    fragments_volume = open_volume(fragments_url)
     halos = open_volume(halos_url)
+    voxel_size = halos.voxel_size
     layout = HaloLayout.of(grid)
-    data = fragments_volume.roi
+    data = grid.total_roi
     reach = tuple(grid.context) if band is None else tuple(min(b, c) for b, c in zip(band, grid.context))
+
+    def segmentation(of: Block) -> np.ndarray:
+        # the whole slot is one chunk: read it once per block, cut the bands from memory
+        slot = layout.slot(grid.block_index(of.block_id))
+        return global_ids(halos.read(slot), of.block_id, ids_per_block)
+
+    def cut(labels: np.ndarray, of: Block, roi: Roi) -> np.ndarray:
+        return labels[roi.slices(voxel_size, of.read_roi.offset)].ravel()
+
+    # Over a block's write ROI its segmentation *is* its fragments
+    # (_instances_block writes global_ids of the same local labels to both),
+    # so the fragments array is never read here.
+    mine = segmentation(block)
     us, vs, scores = [], [], []
     for other_id in _neighbours(grid, block):
         other = grid.block(other_id)
         # the band: this block's context inside the other's write ROI and back
         mine_there = block.write_roi.grow(reach).intersect(other.write_roi).intersect(data)
         theirs_here = other.write_roi.grow(reach).intersect(block.write_roi).intersect(data)
-        view_a, view_b = [], []
-        if not mine_there.empty:
-            view_a.append(global_ids(_read_halo(halos, layout, grid, block, mine_there), block.block_id, ids_per_block).ravel())
-            view_b.append(fragments_volume.read(mine_there).ravel())
-        if not theirs_here.empty:
-            view_a.append(fragments_volume.read(theirs_here).ravel())
-            view_b.append(global_ids(_read_halo(halos, layout, grid, other, theirs_here), other_id, ids_per_block).ravel())
-        if not view_a:
+        if mine_there.empty and theirs_here.empty:
             continue
+        theirs = segmentation(other)
+        view_a, view_b = [], []
+        for roi in (mine_there, theirs_here):
+            if not roi.empty:
+                view_a.append(cut(mine, block, roi))
+                view_b.append(cut(theirs, other, roi))
         a, b, iou = overlap_edges(np.concatenate(view_a), np.concatenate(view_b))
         us.append(a)
         vs.append(b)
