@@ -110,15 +110,10 @@ def watershed_from_affinities(
 
 def drop_weak_fragments(fragments: np.ndarray, mean_affs: np.ndarray, min_mean_affinity: float) -> np.ndarray:
     """Set fragments whose mean affinity is below ``min_mean_affinity`` to 0."""
-    labels, remapped = np.unique(fragments, return_inverse=True)
-    remapped = remapped.reshape(fragments.shape)
-    sums = np.bincount(remapped.ravel(), weights=mean_affs.ravel(), minlength=len(labels))
-    counts = np.bincount(remapped.ravel(), minlength=len(labels))
-    weak = (sums / np.maximum(counts, 1)) < min_mean_affinity
+    labels, means = _means_by_label(fragments, mean_affs)
+    weak = means < min_mean_affinity
     weak &= labels != 0
-    out = fragments.copy()
-    out[weak[remapped]] = 0
-    return out
+    return fastremap.mask(fragments, labels[weak].tolist(), in_place=False)
 
 
 def make_ids_global(fragments: np.ndarray, block_id: int, ids_per_block: int) -> np.ndarray:
@@ -147,8 +142,10 @@ def fragment_nodes(
     The centre is the mean voxel position; ``offset`` is the world position
     of ``fragments[0, 0, 0]``'s corner, and a voxel's position is its centre.
     """
-    ids, dense = _dense_labels(fragments)
-    sizes = np.bincount(dense.ravel(), minlength=len(ids))
+    # fastremap's hash-based unique instead of np.unique, whose sort of every
+    # voxel was a third of a fragments block's time
+    ids, dense, sizes = fastremap.unique(fragments, return_inverse=True, return_counts=True)
+    dense = dense.reshape(fragments.shape)
     centers = np.empty((len(ids), fragments.ndim), np.float64)
     for axis in range(fragments.ndim):
         # Sum of coordinates along one axis = bincount over the other axes'
@@ -163,28 +160,14 @@ def fragment_nodes(
     return ids[keep].astype(np.uint64), centers[keep], sizes[keep].astype(np.int64)
 
 
-def _dense_labels(fragments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted ids (0 first, present or not) and the fragments as indices into them.
-
-    fastremap's hash-based renumbering replaces ``np.unique(return_inverse=True)``,
-    whose sort of every voxel was a third of a fragments block's time.
-    """
-    dense, mapping = fastremap.renumber(np.ascontiguousarray(fragments), preserve_zero=True, in_place=False)
-    mapping.setdefault(0, 0)
-    by_dense = np.zeros(len(mapping), np.uint64)
-    for old, new in mapping.items():
-        by_dense[new] = old
-    order = np.argsort(by_dense, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    return by_dense[order], rank[dense]
-
-
 def mean_per_fragment(fragments: np.ndarray, values: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Mean of ``values`` over each fragment in ``ids`` (sorted, as ``fragment_nodes`` gives them)."""
-    labels, dense = _dense_labels(fragments)
-    dense = dense.ravel()
-    sums = np.bincount(dense, weights=values.ravel().astype(np.float64), minlength=len(labels))
-    counts = np.bincount(dense, minlength=len(labels))
-    means = sums / np.maximum(counts, 1)
+    labels, means = _means_by_label(fragments, values)
     return means[np.searchsorted(labels, ids)]
+
+
+def _means_by_label(fragments: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted labels of ``fragments`` (0 included if present) and the mean of ``values`` over each."""
+    labels, inverse, counts = fastremap.unique(fragments, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse.ravel(), weights=values.ravel().astype(np.float64), minlength=len(labels))
+    return labels, sums / np.maximum(counts, 1)
