@@ -27,10 +27,18 @@ def default_inner_chunk(shard: Sequence[int], largest: int = INNER_CHUNK_MAX) ->
     >>> default_inner_chunk((32, 512, 96))
     (32, 64, 48)
     """
-    chunk = []
-    for extent in shard:
-        chunk.append(max(d for d in range(1, min(extent, largest) + 1) if extent % d == 0))
-    return tuple(chunk)
+    return tuple(largest_divisor_at_most(extent, largest) for extent in shard)
+
+
+def largest_divisor_at_most(extent: int, largest: int) -> int:
+    """The largest divisor of ``extent`` that is at most ``largest`` (1 at least).
+
+    Examples
+    --------
+    >>> largest_divisor_at_most(96, 64), largest_divisor_at_most(7, 4)
+    (48, 1)
+    """
+    return max(d for d in range(1, max(1, min(extent, largest)) + 1) if extent % d == 0)
 
 
 def _settings(config: PipelineConfig, name: str) -> OutputStorageConfig:

@@ -67,7 +67,7 @@ from blockseg.blocks import Block, BlockGrid
 from blockseg.config import ConfigError
 from blockseg.geometry import Roi
 from blockseg.graph.base import BlockOutput
-from blockseg.layout import output_layout
+from blockseg.layout import largest_divisor_at_most, output_layout
 from blockseg.volume import TOKEN_ATTR, VolumeError, make_compressors, open_volume, split_array_url
 from workers import downsample as downsample_worker
 
@@ -243,10 +243,6 @@ def ome_multiscales(
     return ome
 
 
-def _largest_divisor_at_most(extent: int, largest: int) -> int:
-    return max(d for d in range(1, max(1, min(extent, largest)) + 1) if extent % d == 0)
-
-
 def level_layout(source_layout: dict, block_voxels: Sequence[int], total: Sequence[int]) -> dict:
     """Chunks, shards and codec of a pyramid level, from the layout of its source output.
 
@@ -284,7 +280,7 @@ def level_layout(source_layout: dict, block_voxels: Sequence[int], total: Sequen
         if all(b % s == 0 for b, s in zip(level_block, level_shard)):
             # the source's inner chunk where it still fits, else the largest one that divides the shard
             chunk = tuple(
-                _largest_divisor_at_most(s, c) for s, c in zip(level_shard, source_layout["chunk_shape"])
+                largest_divisor_at_most(s, c) for s, c in zip(level_shard, source_layout["chunk_shape"])
             )
             return {"chunk_shape": chunk, "shard_shape": level_shard, **codec}
     return {"chunk_shape": level_block, "shard_shape": None, **codec}
@@ -447,7 +443,6 @@ def _params(run: "Run") -> dict:
 
 def _prepare(run: "Run") -> None:
     """Refuse what cannot be downsampled before a level is created (open_run checked the config)."""
-    check_downsample_config(run.config, run.voxel_size, run.total_roi)
     for source in pyramid_sources(run):
         volume = open_volume(source.source_url)
         kind = volume.dtype

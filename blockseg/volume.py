@@ -304,11 +304,6 @@ def make_compressors(codec: str, dtype: Any, level: int | None = None) -> list:
     return [BloscCodec(cname=cname, clevel=clevel, shuffle=shuffle, typesize=itemsize)]
 
 
-def default_compressor(dtype: np.dtype) -> BloscCodec:
-    """Blosc-zstd with shuffle: labels and affinities compress well with it."""
-    return make_compressors("blosc-zstd", dtype)[0]
-
-
 def create_volume(
     url: str | Path,
     roi: Roi,
