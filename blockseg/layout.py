@@ -121,7 +121,9 @@ def prepare_storage(config: PipelineConfig) -> None:
     from blockseg import storage
 
     try:
-        for protocol in {storage.split_protocol(url)[0] for url in _urls(config)} - {"file"}:
+        # the options (endpoint, profile, timeouts) are an object store's: fsspec's
+        # http filesystem would pass them into every request and fail
+        for protocol in {storage.split_protocol(url)[0] for url in _urls(config)} & {"s3", "s3a"}:
             storage.set_storage_options(protocol, config.storage.options)
         storage.check_container(config.volumes_url)
     except storage.StorageError as error:

@@ -71,6 +71,14 @@ class Layer:
 # -- what to show ---------------------------------------------------------------
 
 
+def _container_of(url: str) -> str:
+    """The container part of ``container/dataset``, or ``url`` itself when it has none."""
+    try:
+        return split_array_url(url)[0]
+    except VolumeError:
+        return url
+
+
 def _fs_path(url: str):
     """An fsspec filesystem and the path on it; http(s) filesystems take the whole URL."""
     fs, path = storage.filesystem(url)
@@ -237,6 +245,8 @@ def find_layers(config: "PipelineConfig") -> tuple[list[Layer], dict[str, Path]]
     mounts: dict[str, Path] = {}
     layers = []
     for name, kind, url, pyramid in candidates:
+        if url.startswith("precomputed://") or _container_of(url).endswith(".n5"):
+            continue  # inputs read through tensorstore: not zarr, nothing a zarr3:// source can show
         if _node_meta(url) is None:
             continue
         if not storage.is_remote(url):

@@ -81,3 +81,20 @@ def test_config_storage_section(tmp_path, small_inputs):
 def test_bad_storage_config(tmp_path, small_inputs, sections, message):
     with pytest.raises(ConfigError, match=message):
         load_config(write_config(tmp_path, small_inputs, **sections))
+
+
+def test_storage_options_go_to_object_stores_only(tmp_path, small_inputs):
+    """An https input beside s3 options: fsspec's http filesystem would choke on endpoint_url."""
+    from blockseg.layout import prepare_storage
+
+    config = load_config(write_config(
+        tmp_path, small_inputs, storage={"options": {"endpoint_url": "http://127.0.0.1:9"}},
+        input={"raw": "https://127.0.0.1:9/in.zarr/raw"},
+    ))
+    saved = dict(storage._OPTIONS)
+    try:
+        prepare_storage(config)
+        assert "endpoint_url" not in storage.storage_options("https://127.0.0.1:9/in.zarr/raw")
+    finally:
+        storage._OPTIONS.clear()
+        storage._OPTIONS.update(saved)
