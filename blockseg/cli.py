@@ -274,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from blockseg.config import ConfigError
     from blockseg.graph import StoreError
     from blockseg.pipeline import InputError
-    from blockseg.scheduler import StageFailed
+    from blockseg.scheduler import NoWorkers, StageFailed
     from blockseg.volume import VolumeError
 
     args = build_parser().parse_args(argv)
@@ -285,6 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"blockseg: {error}", file=sys.stderr)
         return 2
     except StageFailed as error:
+        print(f"blockseg: {error}", file=sys.stderr)
+        return 1
+    except NoWorkers as error:
+        log.debug("no usable worker", exc_info=True)
         print(f"blockseg: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

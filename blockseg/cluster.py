@@ -129,8 +129,28 @@ def _address_client(config: ClusterConfig, quiet: bool, log_dir: Path | None) ->
         client.close()
 
 
+#: Every worker death reaches the driver at once as a KilledWorker; the driver
+#: counts it against the block's ``retries`` (dask's default, 3, would let one
+#: bad block kill 4 workers per attempt).
+DEATH_CONFIG = {"distributed.scheduler.allowed-failures": 0}
+#: A local cluster never gives up on a worker its nanny is restarting: by
+#: default it closes a nanny whose worker is gone 15 s after *any* earlier
+#: death of that worker, which a block that keeps killing its worker hits at
+#: random, leaving no worker and the run waiting forever.
+LOCAL_CONFIG = {**DEATH_CONFIG, "distributed.deploy.lost-worker-timeout": "3650 days"}
+
+
 @contextlib.contextmanager
 def _local_client(config: ClusterConfig, quiet: bool, log_dir: Path | None) -> Iterator[Client]:
+    # set for the cluster's whole life: the scheduler reads allowed-failures
+    # when it starts, the cluster reads lost-worker-timeout at each death
+    with dask.config.set(LOCAL_CONFIG):
+        with _local_client_configured(config, quiet, log_dir) as client:
+            yield client
+
+
+@contextlib.contextmanager
+def _local_client_configured(config: ClusterConfig, quiet: bool, log_dir: Path | None) -> Iterator[Client]:
     local = config.local
     workers = local.workers or default_workers()
     cluster = LocalCluster(
@@ -222,7 +242,8 @@ def _slurm_client(config: ClusterConfig, quiet: bool, log_dir: Path | None) -> I
         raise ConfigError("cluster.slurm: dask-jobqueue is not installed (pip install dask-jobqueue)") from None
     slurm = config.slurm
     assert slurm is not None
-    cluster = SLURMCluster(**slurm_cluster_kwargs(config, log_dir))
+    with dask.config.set(DEATH_CONFIG):  # read by the scheduler SLURMCluster starts here
+        cluster = SLURMCluster(**slurm_cluster_kwargs(config, log_dir))
     client = None
     try:
         _check_job_script(cluster)

@@ -1,0 +1,154 @@
+"""Blocks that kill their worker: memory limit, a signal; no worker left. Never a hang."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from blockseg.blocks import Block, BlockGrid
+from blockseg.cluster import open_client
+from blockseg.config import ClusterConfig
+from blockseg.demo import write_demo_config, write_demo_inputs
+from blockseg.geometry import Roi
+from blockseg.graph.base import BlockOutput
+from blockseg.graph.sqlite import SqliteGraphStore
+from blockseg.scheduler import NoWorkers, StageFailed, run_stage
+
+# ---------------------------------------------------------------------------
+# block functions: module level, so the workers can unpickle them
+# ---------------------------------------------------------------------------
+
+
+def _count(folder: str, block_id: int) -> None:
+    with open(os.path.join(folder, f"attempts-{block_id}.txt"), "a") as handle:
+        handle.write(f"{os.getpid()}\n")
+
+
+def attempts(folder, block_id: int) -> int:
+    path = os.path.join(folder, f"attempts-{block_id}.txt")
+    return len(open(path).read().splitlines()) if os.path.exists(path) else 0
+
+
+def hog_block(block: Block, folder: str, hog: int) -> BlockOutput:
+    """Block ``hog`` touches memory until its nanny stops the worker; the others sleep a little."""
+    _count(folder, block.block_id)
+    if block.block_id == hog:
+        chunks = []
+        for _ in range(200):  # 200 x 32 MiB: far beyond the test's limit
+            chunks.append(np.ones(4 * 2**20, np.float64))
+            time.sleep(0.02)  # the nanny looks every 100 ms
+    time.sleep(0.2)
+    return BlockOutput(stats={"voxels": 1})
+
+
+def segfault_block(block: Block, folder: str, bad: int) -> BlockOutput:
+    """Block ``bad`` dies of SIGSEGV, as a crash in a native library would."""
+    _count(folder, block.block_id)
+    if block.block_id == bad:
+        os.kill(os.getpid(), signal.SIGSEGV)
+        time.sleep(10)
+    time.sleep(0.2)
+    return BlockOutput(stats={"voxels": 1})
+
+
+def exit_all_block(block: Block, folder: str) -> BlockOutput:
+    """Every block kills its worker: the stage must end, not wait."""
+    _count(folder, block.block_id)
+    os._exit(3)
+
+
+# ---------------------------------------------------------------------------
+
+GRID = BlockGrid(Roi((0, 0, 0), (20, 20, 60)), block_shape=(20, 20, 20), context=(0, 0, 0))  # 3 blocks
+
+
+def _cluster(memory_limit: str = "1GiB", workers: int = 1) -> ClusterConfig:
+    return ClusterConfig(local={"workers": workers, "memory_limit": memory_limit, "dashboard": False})
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SqliteGraphStore(tmp_path / "graph.db")
+    yield s
+    s.close()
+
+
+def test_block_over_the_memory_limit_is_reported_and_the_others_finish(tmp_path, store):
+    start = time.monotonic()
+    with open_client(_cluster("400MiB"), quiet=True) as client:
+        with pytest.raises(StageFailed) as failed:
+            run_stage(
+                client, "hog", GRID, functools.partial(hog_block, folder=str(tmp_path), hog=1), store,
+                retries=1, progress=False,
+            )
+    assert time.monotonic() - start < 120
+    report = failed.value.report
+    assert [f.block_id for f in report.failures] == [1]
+    assert report.succeeded == 2
+    assert store.done_blocks("hog") == {0, 2}
+    failure = report.failures[0]
+    assert failure.attempts == 2 and attempts(tmp_path, 1) == 2  # retries=1: two deaths, not 2 x 4
+    assert "worker died: memory limit 400 MiB exceeded" in failure.traceback
+    assert "Traceback" not in failure.traceback
+    assert "block 1 (write ROI" in str(failed.value)
+
+
+def test_block_killed_by_a_signal_names_the_signal(tmp_path, store):
+    with open_client(_cluster(workers=2), quiet=True) as client:
+        with pytest.raises(StageFailed) as failed:
+            run_stage(
+                client, "segv", GRID, functools.partial(segfault_block, folder=str(tmp_path), bad=2), store,
+                retries=2, progress=False,
+            )
+    report = failed.value.report
+    assert [f.block_id for f in report.failures] == [2]
+    assert store.done_blocks("segv") == {0, 1}
+    assert attempts(tmp_path, 2) == 3
+    assert "worker died: killed by signal 11 (SIGSEGV)" in report.failures[0].traceback
+
+
+def test_no_worker_left_ends_the_stage(tmp_path, store):
+    """The nannies give up on workers that keep dying: the stage says so instead of waiting."""
+    start = time.monotonic()
+    with open_client(_cluster(), quiet=True) as client:
+        # stop the nanny from bringing the worker back, as when a node is lost
+        cluster = client.cluster
+        for nanny in list(cluster.workers.values()):
+            cluster.sync(nanny.close)
+        with pytest.raises(NoWorkers, match="no dask worker is left for 3 s"):
+            run_stage(
+                client, "none", GRID, functools.partial(exit_all_block, folder=str(tmp_path)), store,
+                retries=1, progress=False, worker_wait=3,
+            )
+    assert time.monotonic() - start < 60
+
+
+def test_memory_case_from_the_issue_exits_1_with_one_report(tmp_path):
+    """The demo volume as one block, 1 worker of 250 MiB: exit 1 within minutes, naming block and limit."""
+    write_demo_inputs(tmp_path)  # 64 x 192 x 192 voxels of 20 x 10 x 10 nm
+    config = write_demo_config(tmp_path, {
+        "block_shape": [1280, 1920, 1920],
+        "cluster.local.workers": 1,
+        "cluster.local.memory_limit": "250MiB",
+        "cluster.local.dashboard": False,
+        "scheduler.progress": False,
+        "scheduler.retries": 1,
+    })
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "blockseg.cli", "run", str(config), "--stages", "check,fragments"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    seconds = time.monotonic() - start
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert seconds < 300
+    assert "block 0 (write ROI [0:1280, 0:1920, 0:1920] nm) failed 2 time(s)" in result.stderr, result.stderr
+    assert "worker died: memory limit 250 MiB exceeded" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "KilledWorker" not in result.stderr, result.stderr
