@@ -80,6 +80,11 @@ def _run(config, stages: Sequence[str] | None, restart: bool) -> int:
     start = time.perf_counter()
     try:
         with open_client(config.cluster, log_dir=config.output_dir / "logs") as client:
+            from blockseg.memory import check_block_memory
+            from blockseg.pipeline import select_stages
+
+            # before any block runs: a block that cannot fit a worker would only kill it, retry after retry
+            check_block_memory(run, select_stages(run, stages), client)
             reports = run_pipeline(run, client, stages=stages, restart=restart)
     finally:
         run.store.close()

@@ -152,3 +152,87 @@ def test_memory_case_from_the_issue_exits_1_with_one_report(tmp_path):
     assert "block 0 (write ROI [0:1280, 0:1920, 0:1920] nm) failed 2 time(s)" in result.stderr, result.stderr
     assert "worker died: memory limit 250 MiB exceeded" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "KilledWorker" not in result.stderr, result.stderr
+
+
+# -- the pre-flight estimate ---------------------------------------------------
+
+
+class _FakeClient:
+    """Answers scheduler_info like a client of one worker."""
+
+    def __init__(self, memory_limit: int, memory: int, nthreads: int = 1) -> None:
+        self.worker = {"memory_limit": memory_limit, "nthreads": nthreads, "metrics": {"memory": memory}}
+
+    def scheduler_info(self, n_workers: int = 5) -> dict:
+        return {"workers": {"tcp://127.0.0.1:1": self.worker}}
+
+
+def _demo_run(folder, **overrides):
+    from blockseg.config import load_config
+    from blockseg.pipeline import open_run
+
+    write_demo_inputs(folder, shape=(32, 64, 64), seed=1)
+    return open_run(load_config(write_demo_config(folder, overrides)))
+
+
+def test_block_memory_counts_what_a_block_reads_and_writes(tmp_path):
+    from blockseg.memory import block_memory
+    from blockseg.pipeline import STAGES
+
+    run = _demo_run(tmp_path, **{"block_shape": [320, 320, 320], "stages.agglomerate": {"context": [40, 40, 40]}})
+    try:
+        # 16 x 32 x 32 voxels written, (16 + 4) x (32 + 8) x (32 + 8) read
+        agglomerate = block_memory(run, STAGES["agglomerate"])
+        assert agglomerate.write_voxels == (16, 32, 32) and agglomerate.read_voxels == (20, 40, 40)
+        # float32 affinities (3 channels) and uint64 fragments over the read ROI; edges are no volume
+        assert agglomerate.nbytes == 20 * 40 * 40 * (3 * 4 + 8)
+        relabel = block_memory(run, STAGES["relabel"])
+        assert relabel.nbytes == 16 * 32 * 32 * (8 + 8)  # fragments in, one uint64 segmentation out
+        assert block_memory(run, STAGES["segments"]) is None  # a global step has no blocks
+    finally:
+        run.store.close()
+
+
+def test_preflight_refuses_blocks_that_cannot_fit_and_names_both_numbers(tmp_path):
+    from blockseg.config import ConfigError
+    from blockseg.memory import MIB, block_memory, check_block_memory
+    from blockseg.pipeline import select_stages
+
+    run = _demo_run(tmp_path, block_shape=[640, 640, 640])  # the whole 32 x 64 x 64 volume is one block
+    try:
+        stages = select_stages(run, None)
+        worst = max((block_memory(run, stage) for stage in stages if block_memory(run, stage)), key=lambda e: e.nbytes)
+        in_use = 60 * MIB
+        check_block_memory(run, stages, _FakeClient(memory_limit=1024 * MIB, memory=in_use))
+        # the nanny stops a worker at 95 % of its limit: leave half the block's need
+        limit = int((in_use + worst.nbytes / 2) / 0.95)
+        with pytest.raises(ConfigError) as refused:
+            check_block_memory(run, stages, _FakeClient(memory_limit=limit, memory=in_use))
+        message = str(refused.value)
+        assert "\n" not in message
+        assert f"stage {worst.stage} needs at least {worst.nbytes / MIB:.0f} MiB per block" in message, message
+        assert f"a worker has {worst.nbytes / 2 / MIB:.0f} MiB for a block (memory limit {limit / MIB:.0f} MiB" in message
+        # four threads share a worker: each block gets a quarter
+        with pytest.raises(ConfigError, match="shared by 4 threads"):
+            check_block_memory(run, stages, _FakeClient(memory_limit=limit, memory=in_use, nthreads=4))
+    finally:
+        run.store.close()
+
+
+def test_cli_refuses_an_impossible_config_before_any_block_runs(tmp_path):
+    write_demo_inputs(tmp_path)
+    config = write_demo_config(tmp_path, {
+        "block_shape": [1280, 1920, 1920],
+        "cluster.local.workers": 1,
+        "cluster.local.memory_limit": "120MiB",
+        "cluster.local.dashboard": False,
+        "scheduler.progress": False,
+    })
+    result = subprocess.run(
+        [sys.executable, "-m", "blockseg.cli", "run", str(config)], cwd=tmp_path, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("blockseg")]
+    assert len(lines) == 1 and "needs at least" in lines[0] and "memory limit 120 MiB" in lines[0], result.stderr
+    assert "block(s) done" not in result.stdout  # not even the input check ran
