@@ -45,26 +45,47 @@ class InputConfig(_Strict):
 
     raw: Optional[str] = Field(None, description="raw EM (z, y, x) for the predict stage")
     affinities: Optional[str] = Field(None, description="affinities (c, z, y, x), float in [0, 1] or uint8 x 255")
+    boundaries: Optional[str] = Field(
+        None, description="boundary probability map (z, y, x), float in [0, 1] or uint8 x 255, high on membranes"
+    )
+    mask: Optional[str] = Field(
+        None, description="tissue mask (z, y, x), nonzero inside; voxel size a whole multiple of the input's"
+    )
     ground_truth: Optional[str] = Field(None, description="instance labels: for evaluation and training targets")
     embeddings: Optional[str] = Field(None, description="pixel embeddings (e, z, y, x), float")
     channels: Optional[str] = Field(None, description="BiaPy channels (c, z, y, x), float in [0, 1]")
 
     @model_validator(mode="after")
     def _something(self) -> "InputConfig":
-        if not any((self.affinities, self.ground_truth, self.raw, self.embeddings, self.channels)):
+        if not any((self.affinities, self.boundaries, self.ground_truth, self.raw, self.embeddings, self.channels)):
             raise ValueError(
-                "give input.raw (to predict), input.affinities, input.embeddings or input.channels (to segment) "
-                "or input.ground_truth (for targets)"
+                "give input.raw (to predict), input.affinities, input.boundaries, input.embeddings or input.channels "
+                "(to segment) or input.ground_truth (for targets)"
+            )
+        if self.affinities and self.boundaries:
+            raise ValueError(
+                "input.affinities and input.boundaries: give one of them; the affinities a step needs are "
+                "derived from the boundaries"
             )
         return self
 
 
 class FragmentsConfig(_Strict):
-    """Seeded watershed fragments."""
+    """Fragments: a seeded watershed of the boundary map or of the distance to it, or mutex watershed."""
 
-    context: Optional[list[int]] = Field(None, description="nm read beyond each block; default: 2 x min_seed_distance")
-    boundary_threshold: float = Field(0.5, ge=0.0, le=1.0, description="mean affinity below which a voxel is boundary")
-    min_seed_distance: float = Field(100.0, gt=0, description="nm between seeds (local maxima of the distance)")
+    method: Literal["boundary_watershed", "distance_watershed", "mutex_watershed"] = Field(
+        "boundary_watershed", description="how fragments are made (see the README's Fragments section)"
+    )
+    context: Optional[list[int]] = Field(
+        None, description="nm read beyond each block; default depends on the method (see the README)"
+    )
+    boundary_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="distance_watershed: mean affinity at or below which a voxel is boundary"
+    )
+    min_seed_distance: float = Field(100.0, gt=0, description="nm between seeds (both watersheds)")
+    smooth_sigma: float = Field(5.0, ge=0, description="boundary_watershed: Gaussian sigma (nm) applied to the map first")
+    mws_bias: float = Field(-0.5, description="mutex_watershed: added to the affinities; negative values repel")
+    mws_min_size: int = Field(10, ge=1, description="mutex_watershed: smaller pieces (voxels) are flooded from neighbours")
     fragments_in_xy: bool = Field(False, description="one watershed per z section (for anisotropic data)")
     min_mean_affinity: Optional[float] = Field(None, ge=0.0, le=1.0, description="drop fragments whose mean affinity is below")
     epsilon_agglomerate: float = Field(0.0, ge=0.0, description="merge fragments whose score is below this in the block")
@@ -82,7 +103,7 @@ class AgglomerateConfig(_Strict):
     """RAG edges and the score at which they merge."""
 
     context: Optional[list[int]] = Field(None, description="nm read beyond each block; default: 8 voxels")
-    scoring: str = Field("hist_quant_50", description=SCORINGS_HELP)
+    scoring: str = Field("hist_quant_75", description=SCORINGS_HELP)
     discretize_queue: int = Field(256, ge=0, le=65536)
 
     _ctx = field_validator("context")(lambda v: _non_negative(v, "context"))
@@ -100,7 +121,7 @@ class AgglomerateConfig(_Strict):
 class SegmentsConfig(_Strict):
     """Global connected components of the edges below each threshold."""
 
-    thresholds: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    thresholds: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
 
     @field_validator("thresholds")
     @classmethod

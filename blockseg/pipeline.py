@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 from distributed import Client
 
-from blockseg import embedding_stages
+from blockseg import embedding_stages, sources
 from blockseg import stages as block_functions
 from blockseg.blocks import AlignmentError, BlockGrid
 from blockseg.config import ConfigError, PipelineConfig
@@ -86,6 +86,15 @@ class Run:
     input_embeddings: Volume | None = None
     input_channels: Volume | None = None
     pca_model: object | None = None  # fitted by pca_preview's prepare step, bound into its blocks
+    input_boundaries: Volume | None = None
+    mask: Volume | None = None
+
+    @property
+    def source(self) -> tuple[Volume, str]:
+        """What the fragments and agglomerate stages segment: (volume, "affinities" or "boundaries")."""
+        if self.input_boundaries is not None:
+            return self.input_boundaries, sources.BOUNDARIES
+        return self.affinities, sources.AFFINITIES
 
     @property
     def fragment_stage(self) -> str:
@@ -162,7 +171,7 @@ class Run:
         """Whether affinities are an input or come from a stage of this run."""
         if self.affinity_stage == "embeddings_to_affinities":
             return self.input_embeddings is not None or self.embeddings_predicted
-        return self.input_affinities is not None or self.predicted
+        return self.input_affinities is not None or self.input_boundaries is not None or self.predicted
 
     @property
     def segmenting(self) -> bool:
@@ -177,7 +186,10 @@ class Run:
     @property
     def reference(self) -> Volume:
         """The input that fixes the voxel size and the ROI: affinities, embeddings, channels, raw, else ground truth."""
-        for volume in (self.input_affinities, self.input_embeddings, self.input_channels, self.raw, self.ground_truth):
+        for volume in (
+            self.input_affinities, self.input_boundaries, self.input_embeddings, self.input_channels, self.raw,
+            self.ground_truth,
+        ):
             if volume is not None:
                 return volume
         raise AssertionError("the config requires an input")
@@ -245,6 +257,9 @@ def open_run(config: PipelineConfig, restart: bool = False) -> Run:
     if config.input.affinities:
         affinities = _open_input(config.resolve(config.input.affinities), "input.affinities")
         _check_affinities(affinities)
+    if config.input.boundaries:
+        affinities = _open_input(config.resolve(config.input.boundaries), "input.boundaries")
+        _check_boundaries(affinities, config)
     raw = None
     if config.input.raw:
         raw = _open_input(config.resolve(config.input.raw), "input.raw")
@@ -267,6 +282,10 @@ def open_run(config: PipelineConfig, restart: bool = False) -> Run:
         _check_ground_truth(truth, next((v for v in (affinities, embeddings, channels, raw) if v is not None), None))
     reference = next(v for v in (affinities, embeddings, channels, raw, truth) if v is not None)
     total_roi = _total_roi(config, reference)
+    mask = None
+    if config.input.mask:
+        mask = _open_input(config.resolve(config.input.mask), "input.mask")
+        _check_mask(mask, reference, total_roi)
     _check_blocks(config, reference, total_roi)
     check_layouts(config, reference.voxel_size)
     check_targets(config, reference.voxel_size)
@@ -299,7 +318,13 @@ def open_run(config: PipelineConfig, restart: bool = False) -> Run:
         )
     if written != meta:
         store.write_meta(meta)
-    return Run(config, store, affinities, truth, total_roi, raw, input_embeddings=embeddings, input_channels=channels)
+    boundaries = None
+    if config.input.boundaries:
+        affinities, boundaries = None, affinities
+    return Run(
+        config, store, affinities, truth, total_roi, raw, input_embeddings=embeddings, input_channels=channels,
+        input_boundaries=boundaries, mask=mask,
+    )
 
 
 def _store_meta(config: PipelineConfig, reference: Volume, total_roi: Roi) -> dict:
@@ -331,6 +356,43 @@ def _check_affinities(affinities: Volume) -> None:
             f"input.affinities: {affinities.url} has {channels} channel(s); expected at least 3 "
             f"(the z, y, x nearest-neighbour affinities first)"
         )
+
+
+def _check_boundaries(boundaries: Volume, config: PipelineConfig) -> None:
+    shape = boundaries.array.shape
+    key = f"input.boundaries: {boundaries.url}"
+    if len(boundaries.voxel_size) != 3 or boundaries.channel_shape not in ((), (1,)):
+        raise InputError(
+            f"{key} must be one channel, axes (z, y, x) or (1, z, y, x), with a 3D voxel_size; got shape {shape} "
+            f"and voxel_size {list(boundaries.voxel_size)}"
+        )
+    if not (np.issubdtype(boundaries.dtype, np.floating) or boundaries.dtype == np.uint8):
+        raise InputError(f"{key} has dtype {boundaries.dtype}; expected float in [0, 1] or uint8 (probability x 255)")
+    stages = config.stages
+    predicted = stages.predict.outputs if stages.predict is not None else {}
+    if "affinities" in predicted or stages.embeddings_to_affinities is not None:
+        raise ConfigError(
+            "config error: input.boundaries: the segmentation input would come from two places; drop it or the "
+            "stage that makes affinities (predict outputs: affinities, embeddings_to_affinities)"
+        )
+
+
+def _check_mask(mask: Volume, reference: Volume, total_roi: Roi) -> None:
+    key = f"input.mask: {mask.url}"
+    if mask.channel_shape or len(mask.voxel_size) != 3:
+        raise InputError(f"{key} must have axes (z, y, x), got shape {mask.array.shape}")
+    if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == np.bool_):
+        raise InputError(f"{key} has dtype {mask.dtype}; expected uint8 or bool (nonzero inside the tissue)")
+    voxel_size = reference.voxel_size
+    if any(m % v for m, v in zip(mask.voxel_size, voxel_size)):
+        raise InputError(
+            f"{key}: voxel_size {list(mask.voxel_size)} nm is not a whole multiple of the input's "
+            f"{list(voxel_size)} nm"
+        )
+    if any(o % m for o, m in zip(mask.offset, mask.voxel_size)):
+        raise InputError(f"{key}: offset {list(mask.offset)} nm is not a multiple of its voxel_size {list(mask.voxel_size)}")
+    if not mask.roi.contains(total_roi):
+        raise InputError(f"{key} covers {mask.roi}, which does not contain the ROI to segment {total_roi}")
 
 
 def _check_normaliser(raw: Volume, config: PipelineConfig) -> None:
@@ -442,9 +504,28 @@ def _fragments_context(run: Run) -> tuple[int, ...]:
     cfg = run.config.stages.fragments
     if cfg.context is not None:
         return tuple(cfg.context)
-    # Twice the seed distance lets the distance transform and the seeds near
-    # the block faces see what lies beyond them.
-    return tuple(int(np.ceil(2 * cfg.min_seed_distance / v)) * v for v in run.voxel_size)
+    return fragments_context(cfg.method, cfg.min_seed_distance, cfg.smooth_sigma, run.voxel_size)
+
+
+def fragments_context(
+    method: str, min_seed_distance: float, smooth_sigma: float, voxel_size: Sequence[int]
+) -> tuple[int, ...]:
+    """The default context of the fragments stage, nm (whole voxels).
+
+    distance_watershed: twice the seed distance lets the distance transform
+    and the seeds near the block faces see what lies beyond them.
+    boundary_watershed: the seed window and the smoothing kernel (3 sigma)
+    see the same values as in the whole volume; a basin rarely reaches
+    further past the face than one seed distance.
+    mutex_watershed: 8 voxels, as the agglomerate stage reads.
+    """
+    if method == "distance_watershed":
+        reach = [2 * min_seed_distance] * len(voxel_size)
+    elif method == "boundary_watershed":
+        reach = [min_seed_distance + 3 * smooth_sigma] * len(voxel_size)
+    else:
+        reach = [8 * v for v in voxel_size]
+    return tuple(int(np.ceil(r / v)) * v for r, v in zip(reach, voxel_size))
 
 
 def _agglomerate_context(run: Run) -> tuple[int, ...]:
@@ -485,7 +566,7 @@ def _check_step(run: Run) -> None:
             run.client,
             "check",
             run.grid(),
-            functools.partial(block_functions.check_affinities_block, affinities_url=run.affinities.url),
+            functools.partial(block_functions.check_affinities_block, affinities_url=run.source[0].url),
             scratch,
             retries=run.config.scheduler.retries,
             window_per_thread=run.config.scheduler.window_per_thread,
@@ -494,18 +575,20 @@ def _check_step(run: Run) -> None:
         summaries = [json.loads(data) for data in scratch.block_results("check").values()]
     finally:
         scratch.close()
+    volume, kind = run.source
+    key = f"input.{kind}: {volume.url}"
     nan_blocks = [s for s in summaries if s["nan"]]
     if nan_blocks:
         count = sum(s["nan"] for s in nan_blocks)
         raise InputError(
-            f"input.affinities: {run.affinities.url} contains {count} NaN/inf value(s) in "
+            f"{key} contains {count} NaN/inf value(s) in "
             f"{len(nan_blocks)} block(s); fix the prediction or mask it before segmenting"
         )
     low = min((s["min"] for s in summaries), default=0.0)
     high = max((s["max"] for s in summaries), default=0.0)
     if low < -1e-6 or high > 1 + 1e-6:
         raise InputError(
-            f"input.affinities: {run.affinities.url} has values in [{low:g}, {high:g}]; expected [0, 1]"
+            f"{key} has values in [{low:g}, {high:g}]; expected [0, 1]"
         )
 
 
@@ -546,7 +629,9 @@ def _registry() -> dict[str, Stage]:
         Stage(
             "check",
             needs=(),
-            enabled=lambda run: run.input_affinities is not None and run.config.scheduler.check_inputs,
+            enabled=lambda run: (
+                (run.input_affinities is not None or run.input_boundaries is not None) and run.config.scheduler.check_inputs
+            ),
             params=lambda run: {},
             outputs=none,
             context=lambda run: None,
@@ -568,14 +653,12 @@ def _registry() -> dict[str, Stage]:
             context=_fragments_context,
             block_function=lambda run: functools.partial(
                 block_functions.fragments_block,
-                affinities_url=run.affinities.url,
+                source_url=run.source[0].url,
+                source_kind=run.source[1],
+                mask_url=run.mask.url if run.mask is not None else None,
                 fragments_url=run.fragments_url,
                 ids_per_block=run.ids_per_block,
-                boundary_threshold=run.config.stages.fragments.boundary_threshold,
-                min_seed_distance=run.config.stages.fragments.min_seed_distance,
-                fragments_in_xy=run.config.stages.fragments.fragments_in_xy,
-                min_mean_affinity=run.config.stages.fragments.min_mean_affinity,
-                epsilon_agglomerate=run.config.stages.fragments.epsilon_agglomerate,
+                **run.config.stages.fragments.model_dump(exclude={"context", "ids_per_block", "chunk_shape"}),
             ),
         ),
         Stage(
@@ -587,7 +670,9 @@ def _registry() -> dict[str, Stage]:
             context=_agglomerate_context,
             block_function=lambda run: functools.partial(
                 block_functions.agglomerate_block,
-                affinities_url=run.affinities.url,
+                source_url=run.source[0].url,
+                source_kind=run.source[1],
+                mask_url=run.mask.url if run.mask is not None else None,
                 fragments_url=run.fragments_url,
                 ids_per_block=run.ids_per_block,
                 scoring=run.config.stages.agglomerate.scoring,
@@ -897,6 +982,11 @@ def fingerprint(run: Run, stage: Stage) -> str:
         "params": stage.params(run),
         # predicted affinities are identified by the predict stage's token instead
         "affinities": _input_identity(run.input_affinities) if stage.name in AFFINITY_READERS else None,
+        **(
+            {"boundaries": _input_identity(run.input_boundaries), "mask": _input_identity(run.mask)}
+            if stage.name in AFFINITY_READERS and (run.input_boundaries is not None or run.mask is not None)
+            else {}
+        ),
         "raw": _input_identity(run.raw) if stage.name == "predict" else None,
         "ground_truth_input": _input_identity(run.ground_truth) if stage.name in TARGET_STAGES else None,
         "ground_truth": _input_identity(run.ground_truth) if stage.name == "evaluate" else None,
@@ -1086,6 +1176,11 @@ def run_pipeline(
     run: Run, client: Client, stages: Sequence[str] | None = None, restart: bool = False
 ) -> dict[str, StageReport]:
     """Run the chosen stages (default: all enabled ones) in order."""
-    for stage in select_stages(run, stages):
+    chosen = select_stages(run, stages)
+    if any(stage.name in ("fragments", "agglomerate") for stage in chosen):
+        from blockseg.warmup import warm_up_workers
+
+        warm_up_workers(client)
+    for stage in chosen:
         run_one_stage(run, stage, client, restart=restart and stage.name != "check")
     return run.reports

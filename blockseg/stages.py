@@ -46,58 +46,101 @@ def check_affinities_block(block: Block, affinities_url: str) -> BlockOutput:
     return BlockOutput(result=json.dumps(summary).encode())
 
 
+def _masked_out(mask_url: str | None, block: Block, voxel_size) -> tuple[bool, np.ndarray | None]:
+    """(whether the block's write ROI lies wholly outside the mask, the mask over its read ROI)."""
+    if mask_url is None:
+        return False, None
+    from blockseg.sources import read_mask
+
+    mask = read_mask(open_volume(mask_url), block.read_roi, voxel_size)
+    crop = block.write_roi.slices(voxel_size, block.read_roi.offset)
+    return not mask[crop].any(), mask
+
+
 def fragments_block(
     block: Block,
-    affinities_url: str,
+    source_url: str,
+    source_kind: str,
+    mask_url: str | None,
     fragments_url: str,
     ids_per_block: int,
+    method: str,
     boundary_threshold: float,
     min_seed_distance: float,
+    smooth_sigma: float,
+    mws_bias: float,
+    mws_min_size: int,
     fragments_in_xy: bool,
     min_mean_affinity: float | None,
     epsilon_agglomerate: float,
 ) -> BlockOutput:
-    """Watershed the read ROI, crop to the write ROI, make ids global, write."""
-    affinities = open_volume(affinities_url)
-    voxel_size = affinities.voxel_size
-    affs = _as_float_affinities(affinities.read(block.read_roi))
-    fragments = fragments_worker.watershed_from_affinities(
-        affs,
-        voxel_size,
-        boundary_threshold=boundary_threshold,
-        min_seed_distance=min_seed_distance,
-        fragments_in_xy=fragments_in_xy,
-        min_mean_affinity=min_mean_affinity,
-    )
-    if epsilon_agglomerate > 0:
-        fragments = agglomerate_worker.epsilon_agglomerate(affs[:3], fragments, epsilon_agglomerate)
-    crop = block.write_roi.slices(voxel_size, block.read_roi.offset)
-    fragments = fragments_worker.make_ids_global(fragments[crop], block.block_id, ids_per_block)
+    """Fragments of the read ROI, cropped to the write ROI, with global ids; written, and their RAG nodes.
+
+    A block whose write ROI lies wholly outside the mask writes zeros and
+    reads nothing else.
+    """
+    from blockseg.sources import read_affinities_and_boundary
+
+    source = open_volume(source_url)
+    voxel_size = source.voxel_size
     output = open_volume(fragments_url, mode="r+")
+    outside, mask = _masked_out(mask_url, block, voxel_size)
+    if outside:
+        _, shape = block.write_roi.to_voxels(voxel_size)
+        output.write(block.write_roi, np.zeros(shape, np.uint64))
+        nodes = Nodes.empty()
+        nodes.attrs["mean_affinity"] = np.zeros(0, np.float32)
+        return BlockOutput(nodes=nodes, stats={"voxels": int(np.prod(shape)), "fragments": 0, "masked_blocks": 1})
+    affs, boundary = read_affinities_and_boundary(source, source_kind, block.read_roi)
+    fragments = fragments_worker.make_fragments(
+        method, affs, boundary, voxel_size, boundary_threshold=boundary_threshold,
+        min_seed_distance=min_seed_distance, smooth_sigma=smooth_sigma, mws_bias=mws_bias,
+        mws_min_size=mws_min_size, fragments_in_xy=fragments_in_xy, mask=mask,
+    )
+    mean = fragments_worker.mean_affinity(affs)
+    if min_mean_affinity is not None:
+        fragments = fragments_worker.drop_weak_fragments(fragments, mean, min_mean_affinity)
+    if epsilon_agglomerate > 0:
+        fragments = agglomerate_worker.epsilon_agglomerate(affs, fragments, epsilon_agglomerate)
+    crop = block.write_roi.slices(voxel_size, block.read_roi.offset)
+    fragments, ids, centers, sizes, means = fragments_worker.global_fragments_and_nodes(
+        fragments[crop], block.block_id, ids_per_block, voxel_size, block.write_roi.offset, mean[crop]
+    )
     output.write(block.write_roi, fragments)
-    ids, centers, sizes = fragments_worker.fragment_nodes(fragments, voxel_size, block.write_roi.offset)
-    mean = fragments_worker.mean_affinity(affs)[crop]
-    attrs = {"mean_affinity": fragments_worker.mean_per_fragment(fragments, mean, ids).astype(np.float32)}
+    attrs = {"mean_affinity": means.astype(np.float32)}
     stats = {"voxels": int(fragments.size), "fragments": int(len(ids))}
     return BlockOutput(nodes=Nodes(ids, centers, sizes, attrs), stats=stats)
 
 
 def agglomerate_block(
     block: Block,
-    affinities_url: str,
+    source_url: str,
+    source_kind: str,
+    mask_url: str | None,
     fragments_url: str,
     ids_per_block: int,
     scoring: str,
     discretize_queue: int,
 ) -> BlockOutput:
-    """Merge scores of the RAG edges this block owns (``u`` is one of its fragments)."""
-    affinities = open_volume(affinities_url)
-    affs = _as_float_affinities(affinities.read(block.read_roi)[:3])
+    """Merge scores of the RAG edges this block owns (``u`` is one of its fragments).
+
+    A block wholly outside the mask has no fragments, so it owns no edge and
+    reads nothing. Fragments are 0 outside the mask, so no edge crosses it.
+    """
+    from blockseg.sources import read_affinities_and_boundary
+
+    source = open_volume(source_url)
+    voxel_size = source.voxel_size
+    voxels = int(np.prod(block.write_roi.shape) // int(np.prod(voxel_size)))
+    if mask_url is not None and _masked_out(mask_url, block, voxel_size)[0]:
+        empty = np.zeros(0, np.uint64)
+        return BlockOutput(edges=Edges(empty, empty, np.zeros(0, np.float32)), stats={"voxels": voxels, "edges": 0})
+    affs, _ = read_affinities_and_boundary(source, source_kind, block.read_roi)
     fragments = open_volume(fragments_url).read(block.read_roi)
     u, v, scores = agglomerate_worker.agglomerate_block(affs, fragments, scoring=scoring, discretize_queue=discretize_queue)
     # Each edge is written once: by the home block of its smaller endpoint.
     own = (u // np.uint64(ids_per_block)) == np.uint64(block.block_id)
-    stats = {"voxels": int(np.prod(block.write_roi.shape) // int(np.prod(affinities.voxel_size))), "edges": int(own.sum())}
+    stats = {"voxels": voxels, "edges": int(own.sum())}
     return BlockOutput(edges=Edges(u[own], v[own], scores[own].astype(np.float32)), stats=stats)
 
 

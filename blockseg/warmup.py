@@ -1,0 +1,37 @@
+"""Load the compiled kernels on every worker as a run starts, not inside its first block.
+
+The fragments stage's watershed and node counts are numba kernels. Loading
+them (and importing numba) takes a worker a second or two, compiling them on
+a machine that has never run them a few more; paid inside a worker's first
+block, it showed up as a slow stage on small volumes. A worker plugin starts
+the loading in a background thread as soon as the worker joins, so it
+overlaps with the driver's own start-up and earlier stages; a block that
+needs the kernels before they are ready simply waits for the same import.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from distributed import Client
+from distributed.diagnostics.plugin import WorkerPlugin
+
+
+def _load() -> None:
+    from workers.fragments import compile_kernels
+
+    compile_kernels()
+
+
+class KernelWarmUp(WorkerPlugin):
+    """Start loading the numba kernels in a thread on each worker."""
+
+    name = "blockseg-kernel-warm-up"
+
+    def setup(self, worker) -> None:  # noqa: ANN001 - distributed's Worker
+        threading.Thread(target=_load, name=self.name, daemon=True).start()
+
+
+def warm_up_workers(client: Client) -> None:
+    """Register :class:`KernelWarmUp` (idempotent: a plugin of the same name is replaced)."""
+    client.register_plugin(KernelWarmUp(), name=KernelWarmUp.name)

@@ -1,0 +1,140 @@
+"""A seeded watershed over integer levels in linear time (a bucket queue).
+
+scikit-image's watershed keeps a binary heap of every voxel it floods: about
+a microsecond per voxel, which made it most of a fragments block's time. For
+an image of a few hundred (or a few ten thousand) integer levels, one FIFO
+queue per level floods the same way in time linear in the voxels. This module
+is that flood, compiled with numba, plus the quantisation that turns a float
+image into levels.
+
+The flood is the classic priority flood: seeds start in the queue of their own
+level; a voxel taken from the queue gives its label to each unlabelled
+face neighbour (6-connectivity in 3D, 4 in 2D) and queues it at its level, or
+at the current level if that is higher (a basin never floods downhill past a
+ridge it has already crossed). Ties are first in, first out, so the result is
+deterministic. Voxels outside ``mask`` stay 0 and stop the flood.
+
+Examples
+--------
+>>> import numpy as np
+>>> image = np.array([[0, 1, 5, 1, 0]], np.uint8)
+>>> markers = np.array([[1, 0, 0, 0, 2]], np.int64)
+>>> seeded_watershed(image, markers).tolist()
+[[1, 1, 1, 2, 2]]
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["quantize", "seeded_watershed"]
+
+
+@numba.njit(cache=True, nogil=True)
+def _flood(
+    levels: np.ndarray, labels: np.ndarray, strides: np.ndarray, num_levels: int, order: np.ndarray, below: np.ndarray
+) -> None:
+    """Flood ``labels`` (flat int32, padded with a -1 border) in place; ``levels`` flat, same size.
+
+    Every voxel is queued at most once (it is labelled when queued), which
+    bounds every queue: the bucket of level ``L`` holds only voxels of level
+    ``L`` (so its size is that level's histogram count) and voxels reached
+    below the current level go to one first-in-first-out array of at most
+    all voxels. Both are appended to in order, so the queues cost no
+    allocation and little cache traffic.
+    """
+    size = labels.size
+    counts = np.zeros(num_levels + 1, np.int64)
+    for index in range(size):
+        counts[levels[index] + 1] += 1
+    starts = np.cumsum(counts)  # bucket L occupies order[starts[L]:starts[L + 1]]
+    heads = starts[:-1].copy()
+    tails = starts[:-1].copy()
+    for index in range(size):
+        if labels[index] > 0:
+            level = levels[index]
+            order[tails[level]] = index
+            tails[level] += 1
+    # below: the voxels reached from a higher level
+    below_head = 0
+    below_tail = 0
+    for current in range(num_levels):
+        while True:
+            if below_head < below_tail:
+                index = below[below_head]
+                below_head += 1
+            elif heads[current] < tails[current]:
+                index = order[heads[current]]
+                heads[current] += 1
+            else:
+                break
+            label = labels[index]
+            for stride in strides:
+                for neighbour in (index - stride, index + stride):
+                    if labels[neighbour] != 0:
+                        continue
+                    labels[neighbour] = label
+                    level = levels[neighbour]
+                    if level <= current:
+                        below[below_tail] = neighbour
+                        below_tail += 1
+                    else:
+                        order[tails[level]] = neighbour
+                        tails[level] += 1
+
+
+def seeded_watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Flood ``image`` from ``markers``: every reachable voxel gets its basin's seed label.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2D or 3D unsigned integer levels (uint8 or uint16); low levels flood first.
+    markers : numpy.ndarray
+        Integer seeds of the same shape, > 0 on seeds, 0 elsewhere.
+    mask : numpy.ndarray of bool, optional
+        Where the flood may go; voxels outside it stay 0.
+
+    Returns
+    -------
+    numpy.ndarray of int64
+        The labels of ``markers`` spread over the image; 0 where no seed
+        reaches (outside ``mask``, or in a region without a seed).
+    """
+    if image.shape != markers.shape:
+        raise ValueError(f"image shape {image.shape} and markers shape {markers.shape} differ")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"image must be uint8 or uint16 levels, got {image.dtype}; see quantize()")
+    # A border of -1 around the volume stops the flood without a bounds check
+    # per neighbour: a voxel's neighbours are then plain offsets in the flat array.
+    if markers.max(initial=0) >= 2**31:
+        raise ValueError("markers must be below 2**31")
+    labels = np.pad(markers.astype(np.int32, copy=False), 1, constant_values=-1)
+    inner = tuple(slice(1, -1) for _ in range(image.ndim))
+    if mask is not None:
+        labels[inner][~mask.astype(bool, copy=False)] = -1
+    levels = np.pad(image, 1)
+    strides = np.array([s // labels.itemsize for s in labels.strides], np.int64)
+    num_levels = 256 if image.dtype == np.uint8 else 65536
+    flat = labels.reshape(-1)
+    # voxel indices as int32 where they fit: half the memory traffic of int64
+    index_dtype = np.int32 if flat.size < 2**31 else np.int64
+    order = np.empty(flat.size, index_dtype)
+    below = np.empty(flat.size, index_dtype)
+    _flood(levels.reshape(-1), flat, strides, num_levels, order, below)
+    out = labels[inner].astype(np.int64)
+    out[out < 0] = 0
+    return out
+
+
+def quantize(values: np.ndarray, low: float, high: float, num_levels: int = 256) -> np.ndarray:
+    """Map ``values`` in ``[low, high]`` linearly onto levels ``0 .. num_levels - 1`` (clipped).
+
+    Returns uint8 for up to 256 levels, else uint16.
+    """
+    dtype = np.uint8 if num_levels <= 256 else np.uint16
+    scale = (num_levels - 1) / max(high - low, 1e-12)
+    scaled = (np.asarray(values, np.float32) - np.float32(low)) * np.float32(scale)
+    np.clip(scaled, 0, num_levels - 1, out=scaled)
+    return np.rint(scaled, out=scaled).astype(dtype)
