@@ -72,6 +72,15 @@ def format_scores(scores: dict) -> str:
 
 
 def _run(config, stages: Sequence[str] | None, restart: bool) -> int:
+    from blockseg.lock import OutputLock
+
+    # One run per output, taken before anything touches the store; a second
+    # run (or a --restart) is refused in one line naming the holder.
+    with OutputLock(config.output_dir, command=" ".join(["blockseg", *sys.argv[1:2]])):
+        return _run_locked(config, stages, restart)
+
+
+def _run_locked(config, stages: Sequence[str] | None, restart: bool) -> int:
     from blockseg.cluster import open_client
     from blockseg.pipeline import open_run, run_pipeline
 
@@ -110,6 +119,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from blockseg.pipeline import STAGE_ORDER, STAGES, open_run, stage_progress
 
     config = load_config(args.config)
+    from blockseg.lock import status_line
+
+    active = status_line(config.output_dir)
+    if active:
+        print(active)
     run = open_run(config)
     print(f"{'stage':<24} {'done':>8} {'total':>8}  state")
     for name in STAGE_ORDER:
