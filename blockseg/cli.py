@@ -289,11 +289,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _driver_resource_problem(error: BaseException, resource_problem) -> str | None:
+    """One line for a storage error raised in the driver: an OSError, or SQLite's own words for it."""
+    problem = resource_problem(error)
+    if problem is None:
+        import sqlite3
+
+        if isinstance(error, sqlite3.OperationalError) and "disk is full" in str(error):
+            problem = "no space left on device: the graph store (sqlite: database or disk is full)"
+    return problem
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from blockseg.config import ConfigError
     from blockseg.graph import StoreError
     from blockseg.pipeline import InputError
-    from blockseg.scheduler import NoWorkers, StageFailed
+    from blockseg.scheduler import NoWorkers, ResourceError, StageFailed, resource_problem
     from blockseg.volume import VolumeError
 
     args = build_parser().parse_args(argv)
@@ -309,6 +320,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoWorkers as error:
         log.debug("no usable worker", exc_info=True)
         print(f"blockseg: {error}", file=sys.stderr)
+        return 1
+    except ResourceError as error:
+        print(f"blockseg: {error} (tracebacks: the output's logs/blockseg.log)", file=sys.stderr)
+        return 1
+    except Exception as error:  # noqa: BLE001 - only storage problems are one line; the rest re-raises
+        problem = _driver_resource_problem(error, resource_problem)
+        if problem is None:
+            raise
+        # the driver itself could not write (the graph store, a lookup table, the logs)
+        log.debug("resource error in the driver", exc_info=True)
+        print(f"blockseg: {problem}; the rerun resumes once that is fixed", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("blockseg: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -159,6 +159,9 @@ def _local_client_configured(config: ClusterConfig, quiet: bool, log_dir: Path |
         processes=local.processes,
         memory_limit=local.memory_limit,
         host="127.0.0.1",
+        # threads in this process would default to dask's in-process transport,
+        # whose addresses a host cannot be given
+        protocol="tcp://",
         # the dashboard always binds to loopback; "dashboard: false" only hides the link
         dashboard_address="127.0.0.1:0",
         silence_logs=logging.ERROR,

@@ -18,7 +18,9 @@ with :class:`NoWorkers` instead of waiting forever.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
 import signal
 import socket
@@ -90,6 +92,39 @@ class StageFailed(RuntimeError):
         super().__init__("\n".join(lines))
 
 
+class ResourceError(RuntimeError):
+    """A block could not write: no space left, quota exceeded, permission denied.
+
+    Raised once the blocks in flight have finished (no new block starts:
+    every one would fail alike); ``str()`` is one line naming the path and
+    how many blocks of the stage are done.
+    """
+
+    def __init__(self, stage: str, problem: str, done: int, total: int) -> None:
+        self.stage, self.problem, self.done, self.total = stage, problem, done, total
+        super().__init__(
+            f"{stage}: {problem}; {done} of {total} block(s) of the stage done, "
+            "the rerun resumes from there once that is fixed"
+        )
+
+
+#: errno values that no retry can cure: the storage, not the block, is at fault.
+RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def resource_problem(error: BaseException) -> str | None:
+    """One line ("no space left on device: PATH") if ``error`` or its causes is a resource error."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in RESOURCE_ERRNOS:
+            what = os.strerror(error.errno).lower()
+            where = error.filename if error.filename is not None else "unknown path"
+            return f"{what}: {where}"
+        error = error.__cause__ or error.__context__
+    return None
+
+
 class NoWorkers(RuntimeError):
     """No worker is left that could run a block, and none came back in time."""
 
@@ -107,6 +142,7 @@ class _Attempt:
     output: BlockOutput | None
     worker: str
     error: str = ""
+    resource: str | None = None  # one line when the storage, not the block, failed
 
 
 START_MARKS = "blockseg-started"
@@ -134,8 +170,8 @@ def _run_block(function: BlockFunction, block: Block, start_mark: tuple[str, str
             pass
     try:
         return _Attempt(True, function(block), worker)
-    except Exception:  # noqa: BLE001 - every failure of a block is reported, not raised
-        return _Attempt(False, None, worker, traceback.format_exc())
+    except Exception as error:  # noqa: BLE001 - every failure of a block is reported, not raised
+        return _Attempt(False, None, worker, traceback.format_exc(), resource_problem(error))
 
 
 def workers_info(client: Client) -> dict[str, dict]:
@@ -231,6 +267,13 @@ def run_stage(
 
     in_flight: dict = {}
     run_id = uuid.uuid4().hex
+    resource_failures: list[tuple[int, _Attempt]] = []
+
+    def refill(count: int) -> None:
+        # after a resource error no new block starts: each would fail alike
+        if not resource_failures:
+            for next_id in _take(todo, count):
+                submit(next_id)
 
     def submit(block_id: int, counted: bool = True) -> None:
         if counted:
@@ -246,13 +289,21 @@ def run_stage(
         )
         in_flight[future] = (block_id, None)
 
-    def settle(block_id: int, attempt: _Attempt, refill: bool = True) -> None:
+    def settle(block_id: int, attempt: _Attempt, refill_window: bool = True) -> None:
         if attempt.ok:
             assert attempt.output is not None
             store.commit_block(stage, block_id, attempt.output)
             _accumulate(report.stats, attempt.output.stats)
             report.succeeded += 1
             bar.update(1)
+        elif attempt.resource is not None:
+            if not resource_failures:
+                # info, not error: the driver ends the stage with this problem as its one line
+                log.info("%s: block %d on %s: %s; no new block starts", stage, block_id, attempt.worker,
+                         attempt.resource)
+            log.debug("%s: block %d:\n%s", stage, block_id, attempt.error)
+            resource_failures.append((block_id, attempt))
+            return
         elif attempts[block_id] <= retries:
             # one line on the terminal; the traceback goes to the log file
             log.warning(
@@ -269,9 +320,8 @@ def run_stage(
             )
             log.debug("%s: block %d, last attempt:\n%s", stage, block_id, attempt.error)
             bar.update(1)
-        if refill:
-            for next_id in _take(todo, 1):
-                submit(next_id)
+        if refill_window:
+            refill(1)
 
     def lost(future, block_id: int, error: KilledWorker) -> _Attempt | None:
         """A worker died under the block: an attempt if the block ran there, else None (resubmit)."""
@@ -299,8 +349,7 @@ def run_stage(
             finished = sorted(finished, key=lambda f: in_flight[f][0])
             # Refill the window before fetching results, so the workers have the
             # next blocks while the results travel; then fetch them in one call.
-            for next_id in _take(todo, len(finished)):
-                submit(next_id)
+            refill(len(finished))
             ready = [f for f in finished if f.status == "finished"]
             attempts_by_future = dict(zip(ready, client.gather(ready))) if ready else {}
             for future in finished:
@@ -319,7 +368,7 @@ def run_stage(
                 if attempt is None:
                     submit(block_id, counted=False)
                 else:
-                    settle(block_id, attempt, refill=False)
+                    settle(block_id, attempt, refill_window=False)
             if finished:
                 watch.progress()
             elif in_flight:
@@ -347,6 +396,9 @@ def run_stage(
             pass
     report.seconds = time.perf_counter() - start
     log.info(report.summary())
+    if resource_failures:
+        block_id, attempt = resource_failures[0]
+        raise ResourceError(stage, attempt.resource or "", report.skipped + report.succeeded, report.total)
     if report.failures:
         raise StageFailed(report)
     return report
