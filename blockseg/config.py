@@ -84,7 +84,7 @@ class FragmentsConfig(_Strict):
     )
     min_seed_distance: float = Field(100.0, gt=0, description="nm between seeds (both watersheds)")
     smooth_sigma: float = Field(5.0, ge=0, description="boundary_watershed: Gaussian sigma (nm) applied to the map first")
-    mws_bias: float = Field(-0.5, description="mutex_watershed: added to the affinities; negative values repel")
+    mws_bias: float = Field(-0.7, description="mutex_watershed: added to the affinities; negative values repel")
     mws_min_size: int = Field(10, ge=1, description="mutex_watershed: smaller pieces (voxels) are flooded from neighbours")
     fragments_in_xy: bool = Field(False, description="one watershed per z section (for anisotropic data)")
     min_mean_affinity: Optional[float] = Field(None, ge=0.0, le=1.0, description="drop fragments whose mean affinity is below")

@@ -48,8 +48,11 @@ def read_boundary_map(volume: Volume, roi: Roi) -> np.ndarray:
     return as_float(data)
 
 
-def read_affinities_and_boundary(volume: Volume, kind: str, roi: Roi) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest-neighbour affinities ``(3, z, y, x)`` and a boundary map ``(z, y, x)`` of ``roi``, float32.
+def read_affinities(volume: Volume, kind: str, roi: Roi) -> np.ndarray:
+    """Nearest-neighbour affinities ``(3, z, y, x)`` of ``roi`` (padded outside the data).
+
+    Stored affinities come as stored (float, or uint8 x 255: the agglomerate
+    worker scales them itself); affinities derived from boundaries are float32.
 
     Parameters
     ----------
@@ -58,19 +61,36 @@ def read_affinities_and_boundary(volume: Volume, kind: str, roi: Roi) -> tuple[n
     kind : {"affinities", "boundaries"}
         Which of the two ``volume`` holds.
     roi : Roi
-        The block's read ROI (padded outside the data).
+        The block's read ROI.
     """
-    voxel_size = volume.voxel_size
     if kind == AFFINITIES:
-        affinities = as_float(volume.read(roi)[:3])
-        return affinities, fragments_worker.boundary_from_affinities(affinities)
+        return volume.read(roi)[:3]
     if kind != BOUNDARIES:
         raise ValueError(f"unknown source kind {kind!r}")
     # one voxel more on the low faces: each voxel's affinity looks one step back
-    boundary = read_boundary_map(volume, roi.grow(voxel_size, (0,) * len(voxel_size)))
-    inner = (slice(1, None),) * boundary.ndim
-    affinities = fragments_worker.affinities_from_boundaries(boundary)[(slice(None),) + inner]
-    return np.ascontiguousarray(affinities), np.ascontiguousarray(boundary[inner])
+    boundary = read_boundary_map(volume, roi.grow(volume.voxel_size, (0,) * len(volume.voxel_size)))
+    inner = (slice(None),) + (slice(1, None),) * boundary.ndim
+    return np.ascontiguousarray(fragments_worker.affinities_from_boundaries(boundary)[inner])
+
+
+def read_block_inputs(
+    volume: Volume, kind: str, roi: Roi, need_affinities: bool
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """What a fragments block reads: float32 affinities (if needed), the boundary map and the mean affinity.
+
+    From stored affinities the boundary map is one minus their mean, and the
+    float copy of all channels is only made when a step needs it (the mutex
+    watershed, epsilon agglomeration). From boundaries, the map is the input
+    and the mean is that of the derived affinities.
+    """
+    if kind == AFFINITIES:
+        stored = volume.read(roi)[:3]
+        mean = fragments_worker.mean_affinity(stored)
+        affinities = as_float(stored) if need_affinities else None
+        return affinities, np.float32(1) - mean, mean
+    affinities = read_affinities(volume, kind, roi)
+    boundary = read_boundary_map(volume, roi)
+    return affinities, boundary, affinities.mean(axis=0, dtype=np.float32)
 
 
 def read_mask(mask: Volume, roi: Roi, voxel_size: Sequence[int]) -> np.ndarray:

@@ -79,7 +79,7 @@ def fragments_block(
     A block whose write ROI lies wholly outside the mask writes zeros and
     reads nothing else.
     """
-    from blockseg.sources import read_affinities_and_boundary
+    from blockseg.sources import read_block_inputs
 
     source = open_volume(source_url)
     voxel_size = source.voxel_size
@@ -91,13 +91,13 @@ def fragments_block(
         nodes = Nodes.empty()
         nodes.attrs["mean_affinity"] = np.zeros(0, np.float32)
         return BlockOutput(nodes=nodes, stats={"voxels": int(np.prod(shape)), "fragments": 0, "masked_blocks": 1})
-    affs, boundary = read_affinities_and_boundary(source, source_kind, block.read_roi)
+    need_affinities = method == "mutex_watershed" or epsilon_agglomerate > 0
+    affs, boundary, mean = read_block_inputs(source, source_kind, block.read_roi, need_affinities)
     fragments = fragments_worker.make_fragments(
         method, affs, boundary, voxel_size, boundary_threshold=boundary_threshold,
         min_seed_distance=min_seed_distance, smooth_sigma=smooth_sigma, mws_bias=mws_bias,
         mws_min_size=mws_min_size, fragments_in_xy=fragments_in_xy, mask=mask,
     )
-    mean = fragments_worker.mean_affinity(affs)
     if min_mean_affinity is not None:
         fragments = fragments_worker.drop_weak_fragments(fragments, mean, min_mean_affinity)
     if epsilon_agglomerate > 0:
@@ -127,7 +127,7 @@ def agglomerate_block(
     A block wholly outside the mask has no fragments, so it owns no edge and
     reads nothing. Fragments are 0 outside the mask, so no edge crosses it.
     """
-    from blockseg.sources import read_affinities_and_boundary
+    from blockseg.sources import read_affinities
 
     source = open_volume(source_url)
     voxel_size = source.voxel_size
@@ -135,7 +135,7 @@ def agglomerate_block(
     if mask_url is not None and _masked_out(mask_url, block, voxel_size)[0]:
         empty = np.zeros(0, np.uint64)
         return BlockOutput(edges=Edges(empty, empty, np.zeros(0, np.float32)), stats={"voxels": voxels, "edges": 0})
-    affs, _ = read_affinities_and_boundary(source, source_kind, block.read_roi)
+    affs = read_affinities(source, source_kind, block.read_roi)
     fragments = open_volume(fragments_url).read(block.read_roi)
     u, v, scores = agglomerate_worker.agglomerate_block(affs, fragments, scoring=scoring, discretize_queue=discretize_queue)
     # Each edge is written once: by the home block of its smaller endpoint.

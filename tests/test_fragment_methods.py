@@ -86,7 +86,7 @@ def test_gala_boundaries_beat_whole_volume_waterz(tmp_path, client):
     [
         ("boundary_watershed", {}),
         ("distance_watershed", {}),
-        ("mutex_watershed", {"mws_bias": -0.7}),  # -0.5 merges objects on the demo affinities
+        ("mutex_watershed", {}),
     ],
 )
 def test_blockwise_equals_whole_for_every_method(tmp_path, small_inputs, client, method, params):

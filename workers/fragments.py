@@ -173,14 +173,14 @@ def affinities_from_boundaries(boundary: np.ndarray) -> np.ndarray:
 
 def make_fragments(
     method: str,
-    affinities: np.ndarray,
+    affinities: np.ndarray | None,
     boundary: np.ndarray,
     voxel_size: Sequence[float],
     *,
     boundary_threshold: float = 0.5,
     min_seed_distance: float = 100.0,
     smooth_sigma: float = 0.0,
-    mws_bias: float = -0.5,
+    mws_bias: float = -0.7,
     mws_min_size: int = 10,
     fragments_in_xy: bool = False,
     mask: np.ndarray | None = None,
@@ -191,8 +191,8 @@ def make_fragments(
     ----------
     method : str
         One of :data:`FRAGMENT_METHODS`.
-    affinities : ndarray, shape (3, z, y, x)
-        float32 nearest-neighbour affinities in [0, 1] (for ``mutex_watershed``).
+    affinities : ndarray, shape (3, z, y, x), or None
+        float32 nearest-neighbour affinities in [0, 1]; only ``mutex_watershed`` needs them.
     boundary : ndarray, shape (z, y, x)
         float32 boundary map in [0, 1], high on membranes (for the watersheds).
     voxel_size : sequence of float

@@ -32,22 +32,19 @@ __all__ = ["quantize", "seeded_watershed"]
 
 
 @numba.njit(cache=True, nogil=True)
-def _flood(
-    levels: np.ndarray, labels: np.ndarray, strides: np.ndarray, num_levels: int, order: np.ndarray, below: np.ndarray
-) -> None:
+def _flood(levels: np.ndarray, labels: np.ndarray, strides: np.ndarray, num_levels: int, order: np.ndarray) -> None:
     """Flood ``labels`` (flat int32, padded with a -1 border) in place; ``levels`` flat, same size.
 
-    Every voxel is queued at most once (it is labelled when queued), which
-    bounds every queue: the bucket of level ``L`` holds only voxels of level
-    ``L`` (so its size is that level's histogram count) and voxels reached
-    below the current level go to one first-in-first-out array of at most
-    all voxels. Both are appended to in order, so the queues cost no
-    allocation and little cache traffic.
+    Every voxel is queued once, in the bucket of its own level (it is
+    labelled when queued), so bucket ``L`` never holds more than the
+    histogram count of level ``L``: all buckets share one preallocated array.
+    A voxel below the current level moves the current level back down to it,
+    which is what a heap keyed by (level, age) would pop next.
     """
     size = labels.size
     counts = np.zeros(num_levels + 1, np.int64)
     for index in range(size):
-        counts[levels[index] + 1] += 1
+        counts[np.int64(levels[index]) + 1] += 1
     starts = np.cumsum(counts)  # bucket L occupies order[starts[L]:starts[L + 1]]
     heads = starts[:-1].copy()
     tails = starts[:-1].copy()
@@ -56,32 +53,24 @@ def _flood(
             level = levels[index]
             order[tails[level]] = index
             tails[level] += 1
-    # below: the voxels reached from a higher level
-    below_head = 0
-    below_tail = 0
-    for current in range(num_levels):
-        while True:
-            if below_head < below_tail:
-                index = below[below_head]
-                below_head += 1
-            elif heads[current] < tails[current]:
-                index = order[heads[current]]
-                heads[current] += 1
-            else:
-                break
-            label = labels[index]
-            for stride in strides:
-                for neighbour in (index - stride, index + stride):
-                    if labels[neighbour] != 0:
-                        continue
-                    labels[neighbour] = label
-                    level = levels[neighbour]
-                    if level <= current:
-                        below[below_tail] = neighbour
-                        below_tail += 1
-                    else:
-                        order[tails[level]] = neighbour
-                        tails[level] += 1
+    current = 0
+    while current < num_levels:
+        if heads[current] == tails[current]:
+            current += 1
+            continue
+        index = order[heads[current]]
+        heads[current] += 1
+        label = labels[index]
+        for stride in strides:
+            for neighbour in (index - stride, index + stride):
+                if labels[neighbour] != 0:
+                    continue
+                labels[neighbour] = label
+                level = levels[neighbour]
+                order[tails[level]] = neighbour
+                tails[level] += 1
+                if level < current:
+                    current = level
 
 
 def seeded_watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -121,8 +110,7 @@ def seeded_watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray | 
     # voxel indices as int32 where they fit: half the memory traffic of int64
     index_dtype = np.int32 if flat.size < 2**31 else np.int64
     order = np.empty(flat.size, index_dtype)
-    below = np.empty(flat.size, index_dtype)
-    _flood(levels.reshape(-1), flat, strides, num_levels, order, below)
+    _flood(levels.reshape(-1), flat, strides, num_levels, order)
     out = labels[inner].astype(np.int64)
     out[out < 0] = 0
     return out
