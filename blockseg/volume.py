@@ -144,13 +144,16 @@ class Volume:
         """Read ``roi`` (snapped outwards to voxels); voxels outside the data are ``pad_value``."""
         roi = roi.snap(self.voxel_size, "grow")
         _, shape = roi.to_voxels(self.voxel_size)
-        out = np.full(self.channel_shape + shape, pad_value, dtype=self.dtype)
         inside = roi.intersect(self.roi)
+        channels = tuple(slice(None) for _ in self.channel_shape)
+        if inside == roi:
+            # wholly inside the data: zarr's own new array, no padded copy
+            return np.asarray(self.array[channels + roi.slices(self.voxel_size, self.offset)])
+        out = np.full(self.channel_shape + shape, pad_value, dtype=self.dtype)
         if inside.empty:
             return out
         source = inside.slices(self.voxel_size, self.offset)
         target = inside.slices(self.voxel_size, roi.offset)
-        channels = tuple(slice(None) for _ in self.channel_shape)
         out[channels + target] = self.array[channels + source]
         return out
 
