@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from blockseg.errors import ConfigError
 from workers.channels import CHANNEL_SETS as WORKER_CHANNEL_SETS
 
-
-class ConfigError(ValueError):
-    """A config (or an input it names) is not usable; the message is one line."""
+__all__ = ["ConfigError", "PipelineConfig", "load_config", "parse_config"]
 
 
 class _Strict(BaseModel):
@@ -519,6 +518,8 @@ class PipelineConfig(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
 
     base_dir: Path = Field(default=Path("."), exclude=True, description="set by load_config")
+    # users' tasks (stages with a task: key), by stage name in YAML order: set by parse_config
+    _user_tasks: dict = PrivateAttr(default_factory=dict)
 
     _block = field_validator("block_shape")(lambda v: _positive(v, "block_shape"))
 
@@ -550,6 +551,11 @@ class PipelineConfig(_Strict):
                     f"{self.stages.segments.thresholds}"
                 )
         return self
+
+    @property
+    def user_tasks(self) -> dict:
+        """The users' tasks of ``stages:`` (:mod:`blockseg.user_tasks`), by stage name."""
+        return self._user_tasks
 
     # -- resolved paths ------------------------------------------------------
     def resolve(self, path: str) -> str:
@@ -631,12 +637,19 @@ def parse_config(data: Any, base_dir: Path | str = ".") -> PipelineConfig:
         raise ConfigError(f"config error: expected a mapping at the top level, got {type(data).__name__}")
     if "base_dir" in data:
         raise ConfigError("config error: base_dir: unknown key")
+    from blockseg.user_tasks import split_user_stages, task_from_config
+
+    built_in = frozenset(StagesConfig.model_fields)
+    stages, user = split_user_stages(data.get("stages"), built_in)
+    if user:
+        data = {**data, "stages": stages}
     try:
         config = PipelineConfig.model_validate(data)
     except ValidationError as error:
         lines = [_format_error(e, PipelineConfig) for e in error.errors()]
         raise ConfigError("config error: " + "; ".join(lines)) from None
     config.base_dir = Path(base_dir).resolve()
+    config._user_tasks = {name: task_from_config(name, entry, built_in) for name, entry in user.items()}
     return config
 
 

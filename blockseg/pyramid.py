@@ -53,13 +53,11 @@ whole objects of every level.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
 import zarr
 
 from blockseg import storage
@@ -73,7 +71,7 @@ from workers import downsample as downsample_worker
 
 if TYPE_CHECKING:
     from blockseg.config import PipelineConfig
-    from blockseg.pipeline import OutputSpec, Run, Stage
+    from blockseg.run_state import Run
 
 PYRAMIDS = "pyramids"
 OME_VERSION = "0.5"
@@ -395,74 +393,3 @@ def downsample_block(
             array[channels + tuple(slice(b, b + n) for b, n in zip(first, spatial))] = level
         voxels += int(math.prod(data.shape))
     return BlockOutput(stats={"voxels": voxels})
-
-
-def _block_function(run: "Run"):
-    factors = level_factors(run)
-    levels = len(factors) + 1
-    sources = [
-        (source.source_url, [source.level_url(k) for k in range(levels)], source.method) for source in pyramid_sources(run)
-    ]
-    return functools.partial(
-        downsample_block,
-        sources=sources,
-        total_offset=run.total_roi.offset,
-        voxel_size=run.voxel_size,
-        factors=factors,
-    )
-
-
-def _outputs(run: "Run") -> list["OutputSpec"]:
-    """Level 0 of each pyramid: the arrays the ledger checks for the stage's token and chunk alignment.
-
-    The coarser levels are not listed: their voxel size need not divide the
-    run's ROI offset, which the generic alignment check asks of an output.
-    The specs only name the arrays (``create_pyramids`` makes them, with the
-    source's dtype), so they can be listed before the sources exist.
-    """
-    from blockseg.pipeline import OutputSpec
-
-    return [OutputSpec(source.level_url(0), "", run.block_voxels) for source in pyramid_sources(run)]
-
-
-def _params(run: "Run") -> dict:
-    from blockseg.pipeline import _input_identity
-
-    return {
-        **run.config.stages.downsample.model_dump(),
-        "factors": [list(f) for f in level_factors(run)],
-        "sources": [vars(source) for source in pyramid_sources(run)],
-        # inputs are not tracked by an upstream stage's token
-        "inputs": {
-            "raw": _input_identity(run.raw),
-            "affinities": _input_identity(run.input_affinities),
-            "ground_truth": _input_identity(run.ground_truth),
-        },
-    }
-
-
-def _prepare(run: "Run") -> None:
-    """Refuse what cannot be downsampled before a level is created (open_run checked the config)."""
-    for source in pyramid_sources(run):
-        volume = open_volume(source.source_url)
-        kind = volume.dtype
-        if source.method == "mode" and not np.issubdtype(kind, np.integer):
-            raise ConfigError(f"config error: stages.downsample: {source.source_url} has dtype {kind}; labels must be integers")
-
-
-def downsample_stage() -> "Stage":
-    """The registry entry of the ``downsample`` stage."""
-    from blockseg.pipeline import Stage
-
-    return Stage(
-        "downsample",
-        # relabel is current only while the pieces it read are: that covers them too
-        needs=("relabel",),
-        enabled=lambda run: run.config.stages.downsample is not None and run.segmenting,
-        params=_params,
-        outputs=_outputs,
-        context=lambda run: None,
-        block_function=_block_function,
-        prepare=_prepare,
-        create_outputs=create_pyramids,
-    )

@@ -1,49 +1,166 @@
-"""The pipeline stages of embeddings, mutex watershed, channel instances and PCA previews.
+"""mws, channel_instances: pieces per block (mutex watershed of affinities or embeddings; BiaPy channels), in place of fragments + agglomerate.
 
-``embeddings_to_affinities`` turns pixel embeddings into affinities (for the
-fragments stage or ``mws``); ``mws`` and ``channel_instances`` make pieces
-per block that the ``stitch`` stage joins across blocks through RAG edges
-(see :mod:`blockseg.stitch`), in place of ``fragments`` + ``agglomerate``;
-``pca_preview`` writes an RGB view of the embeddings. Here are their config
-checks, contexts, outputs and registry entries; :mod:`blockseg.pipeline`
-wires them into the run (which stage needs which, fingerprints).
+Each block writes its write ROI's pieces with global ids, and its read ROI's
+segmentation into a halo slot that the stitch stage compares across faces.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from blockseg import stages as block_functions
-from blockseg import stitch
-from blockseg.blocks import BlockGrid
+from blockseg.blocks import Block, BlockGrid
 from blockseg.config import ConfigError, PipelineConfig
-from blockseg.volume import Volume
+from blockseg.graph.base import BlockOutput, Nodes
+from blockseg.run_state import InputError, Run, chunk_shape
+from blockseg.task import OutputSpec, Stage
+from blockseg.volume import Volume, open_volume
+from workers import fragments as fragments_worker
 
-if TYPE_CHECKING:
-    from blockseg.pipeline import OutputSpec, Run, Stage
+
+def _as_float_affinities(affs: np.ndarray) -> np.ndarray:
+    if affs.dtype == np.uint8:
+        return affs.astype(np.float32) / np.float32(255)
+    return affs.astype(np.float32, copy=False)
 
 
-def _pipeline():
-    """:mod:`blockseg.pipeline`, imported when first used: it imports this module while it loads."""
-    from blockseg import pipeline
+def _instances_block(
+    block: Block,
+    segment: Callable[[np.ndarray], np.ndarray],
+    input_url: str,
+    fragments_url: str,
+    halos_url: str,
+    grid: BlockGrid,
+    ids_per_block: int,
+) -> BlockOutput:
+    """Segment the read ROI, keep the write ROI as global fragments and the rest as the block's halo.
 
-    return pipeline
+    The read ROI is clipped to the data (not padded), so a block at the
+    volume's edge segments what the whole-volume computation sees there.
+    """
+    from blockseg.stitch import HaloLayout, global_ids, halo_labels
+
+    volume = open_volume(input_url)
+    voxel_size = volume.voxel_size
+    read_roi = block.read_roi.intersect(volume.roi)
+    labels = segment(volume.read(read_roi))
+    crop = block.write_roi.slices(voxel_size, read_roi.offset)
+    local, inner = halo_labels(labels, crop)
+    fragments = global_ids(inner, block.block_id, ids_per_block)
+    open_volume(fragments_url, mode="r+").write(block.write_roi, fragments)
+    # the whole slot (one chunk) is written, so a rerun replaces all of it
+    layout = HaloLayout.of(grid)
+    slot_roi = layout.slot(grid.block_index(block.block_id))
+    slot = np.zeros(slot_roi.to_voxels(voxel_size)[1], np.uint32)
+    slot[read_roi.slices(voxel_size, block.read_roi.offset)] = local
+    open_volume(halos_url, mode="r+").write(slot_roi, slot)
+    ids, centers, sizes = fragments_worker.fragment_nodes(fragments, voxel_size, block.write_roi.offset)
+    return BlockOutput(nodes=Nodes(ids, centers, sizes), stats={"voxels": int(fragments.size), "fragments": int(len(ids))})
+
+
+def _mutex_watershed(affs: np.ndarray, offsets, bias, attractive, strides, randomize_strides, seed) -> np.ndarray:
+    from workers import mutex
+
+    return mutex.mutex_watershed(
+        _as_float_affinities(affs), offsets, bias=bias, attractive=attractive, strides=strides,
+        randomize_strides=randomize_strides, seed=seed,
+    )
+
+
+def _embedding_mutex_watershed(
+    embeddings: np.ndarray, offsets, distance, delta, bias, strides, randomize_strides, seed
+) -> np.ndarray:
+    import functools
+
+    from workers import embeddings as embeddings_worker
+
+    weight = functools.partial(embeddings_worker.push_dissimilarity, delta=delta) if delta is not None else None
+    return embeddings_worker.segment_embeddings_mws(
+        embeddings.astype(np.float32, copy=False), offsets, distance, bias=bias, strides=strides,
+        randomize_strides=randomize_strides, seed=seed, weight_function=weight,
+    )
+
+
+def mws_block(
+    block: Block,
+    affinities_url: str,
+    distance: str | None,
+    delta: float | None,
+    fragments_url: str,
+    halos_url: str,
+    grid: BlockGrid,
+    ids_per_block: int,
+    offsets: Sequence[Sequence[int]],
+    bias: float | Sequence[float],
+    attractive: int | None,
+    strides: Sequence[int] | None,
+    randomize_strides: bool,
+    seed: int,
+) -> BlockOutput:
+    """Mutex watershed of the block's read ROI; its write ROI becomes fragments, the rest its halo.
+
+    With ``distance`` the input is embeddings, segmented on their distances
+    (``affinities_url`` then names the embeddings).
+    """
+    import functools
+
+    common = dict(strides=list(strides) if strides else None, randomize_strides=randomize_strides, seed=seed)
+    if distance is not None:
+        segment = functools.partial(
+            _embedding_mutex_watershed, offsets=[list(o) for o in offsets], distance=distance, delta=delta, bias=bias,
+            **common,
+        )
+    else:
+        segment = functools.partial(
+            _mutex_watershed, offsets=[list(o) for o in offsets], bias=bias, attractive=attractive, **common
+        )
+    return _instances_block(block, segment, affinities_url, fragments_url, halos_url, grid, ids_per_block)
+
+
+def _segment_channels(channels: np.ndarray, channel_set: str, parameters: dict, voxel_size) -> np.ndarray:
+    from workers import channel_instances
+
+    # D / Dv2 are distances, not probabilities: only uint8 storage is rescaled
+    return channel_instances.segment_channels(
+        _as_float_affinities(channels), channel_set, voxel_size=voxel_size, **parameters
+    )
+
+
+def channel_instances_block(
+    block: Block,
+    channels_url: str,
+    fragments_url: str,
+    halos_url: str,
+    grid: BlockGrid,
+    ids_per_block: int,
+    channel_set: str,
+    parameters: dict,
+    voxel_size: Sequence[int],
+) -> BlockOutput:
+    """BiaPy channels of the read ROI to instances; stitched like the mutex watershed's pieces.
+
+    ``voxel_size`` is the channels' (the driver knows it), so a block opens
+    the channels volume once, in ``_instances_block``.
+    """
+    import functools
+
+    segment = functools.partial(_segment_channels, channel_set=channel_set, parameters=dict(parameters), voxel_size=voxel_size)
+    return _instances_block(block, segment, channels_url, fragments_url, halos_url, grid, ids_per_block)
 
 
 def check_channel_input(volume: Volume, key: str, reference: Volume | None) -> None:
     """Embeddings and BiaPy channels: (c, z, y, x), float or uint8, on the reference's voxel grid."""
     if len(volume.voxel_size) != 3 or len(volume.channel_shape) != 1:
-        raise _pipeline().InputError(
+        raise InputError(
             f"{key}: {volume.url} must have axes (c, z, y, x) with a 3D voxel_size, "
             f"got shape {volume.array.shape} and voxel_size {list(volume.voxel_size)}"
         )
     if not (np.issubdtype(volume.dtype, np.floating) or volume.dtype == np.uint8):
-        raise _pipeline().InputError(f"{key}: {volume.url} has dtype {volume.dtype}; expected float32/float64 or uint8")
+        raise InputError(f"{key}: {volume.url} has dtype {volume.dtype}; expected float32/float64 or uint8")
     if reference is not None and volume.voxel_size != reference.voxel_size:
-        raise _pipeline().InputError(
+        raise InputError(
             f"{key}: voxel_size {list(volume.voxel_size)} nm does not match the input voxel_size "
             f"{list(reference.voxel_size)} nm"
         )
@@ -127,7 +244,7 @@ def check_config(
             predicted["affinities"] if "affinities" in predicted else len(offsets)
         )
         if count != len(offsets):
-            raise _pipeline().InputError(f"stages.mws.offsets: {len(offsets)} offsets for {count} affinity channels; give one per channel")
+            raise InputError(f"stages.mws.offsets: {len(offsets)} offsets for {count} affinity channels; give one per channel")
         if isinstance(mws.bias, list) and len(mws.bias) != len(offsets):
             raise ConfigError(f"config error: stages.mws.bias: {len(mws.bias)} values for {len(offsets)} offsets; give one or one per offset")
         if mws.attractive is not None and mws.attractive > len(offsets):
@@ -151,7 +268,7 @@ def check_config(
 
         expected = len(channels_worker.channel_names(instances.channel_set))
         if channels is not None and channels.channel_shape[0] != expected:
-            raise _pipeline().InputError(
+            raise InputError(
                 f"input.channels: {channels.url} has {channels.channel_shape[0]} channel(s); "
                 f"channel set {instances.channel_set} has {expected}"
             )
@@ -171,30 +288,24 @@ def _check_instance_parameters(channel_set: str, parameters: dict) -> None:
         raise ConfigError(f"config error: stages.channel_instances.parameters: {message}") from None
 
 
-def _whole_voxels(run: Run, context_nm: Sequence[float]) -> tuple[int, ...]:
+def whole_voxels(run: Run, context_nm: Sequence[float]) -> tuple[int, ...]:
     """A context in nm rounded up to whole voxels (halo slots and crops need voxel-aligned ROIs)."""
     return tuple(int(-(-c // v) * v) for c, v in zip(context_nm, run.voxel_size))
 
 
-def _offset_reach(offsets: Sequence[Sequence[int]]) -> tuple[int, ...]:
+def offset_reach(offsets: Sequence[Sequence[int]]) -> tuple[int, ...]:
     return tuple(max(abs(o[axis]) for o in offsets) for axis in range(3))
-
-
-def _e2a_context(run: Run) -> tuple[int, ...]:
-    # an affinity links a voxel to one at most the largest offset away
-    reach = _offset_reach(run.config.stages.embeddings_to_affinities.offsets)
-    return tuple(r * v for r, v in zip(reach, run.voxel_size))
 
 
 def _mws_context(run: Run) -> tuple[int, ...]:
     cfg = run.config.stages.mws
     if cfg.context is not None:
-        return _whole_voxels(run, cfg.context)
+        return whole_voxels(run, cfg.context)
     # Twice the longest offset: a voxel near the face then sees every
     # repulsive edge that constrains it, and the pieces those edges link.
     # At least 8 voxels: with nearest neighbours only, 2 voxels left the demo
     # blockwise result 0.32 VOI from the whole-volume one, 8 voxels 0.19.
-    voxels = [max(8, 2 * r) for r in _offset_reach(mws_offsets(run.config))]
+    voxels = [max(8, 2 * r) for r in offset_reach(mws_offsets(run.config))]
     if cfg.strides:
         # context and block shape multiples of the strides keep the subsampled
         # edges on one grid across blocks (when the block shape allows)
@@ -205,49 +316,32 @@ def _mws_context(run: Run) -> tuple[int, ...]:
 def _channel_instances_context(run: Run) -> tuple[int, ...]:
     cfg = run.config.stages.channel_instances
     if cfg.context is not None:
-        return _whole_voxels(run, cfg.context)
+        return whole_voxels(run, cfg.context)
     # a block sees half an object beyond its faces: every object that reaches
     # into it is seen up to its middle, where the markers sit
-    return _whole_voxels(run, [cfg.max_object_extent / 2] * 3)
+    return whole_voxels(run, [cfg.max_object_extent / 2] * 3)
 
 
-def _instance_context(run: Run) -> tuple[int, ...]:
+def instance_context(run: Run) -> tuple[int, ...]:
     return _mws_context(run) if run.fragment_stage == "mws" else _channel_instances_context(run)
-
-
-def _stitch_band(run: Run) -> tuple[int, ...]:
-    """How far from a block face the stitch stage compares the two blocks' segmentations.
-
-    Default half the context: a block's segmentation is least reliable near
-    the edge of its read ROI (it did not see what lies beyond), so comparing
-    only the half next to the face, where both blocks saw at least half the
-    context on either side, follows the whole-volume result more closely
-    (on the demo affinities: VOI 0.13 -> 0.05 from the whole-volume mutex
-    watershed with a 320 nm context).
-    """
-    context = _instance_context(run)
-    configured = getattr(run.config.stages, run.fragment_stage).stitch_band
-    if configured is not None:
-        return tuple(min(b, c) for b, c in zip(_whole_voxels(run, configured), context))
-    return tuple(max(v, c // 2 // v * v) for c, v in zip(context, run.voxel_size))
 
 
 def _instance_outputs(run: Run, name: str) -> list[OutputSpec]:
     from blockseg.stitch import HaloLayout
 
     cfg = getattr(run.config.stages, name)
-    layout = HaloLayout.of(run.grid(_instance_context(run)))
+    layout = HaloLayout.of(run.grid(instance_context(run)))
     slot_voxels = tuple(r // v for r, v in zip(layout.read_shape, run.voxel_size))
     return [
-        _pipeline().OutputSpec(run.fragments_url, "uint64", _pipeline()._chunk_shape(run, cfg.chunk_shape)),
-        _pipeline().OutputSpec(run.halos_url, "uint32", slot_voxels, roi=layout.roi, aligned=False),
+        OutputSpec(run.fragments_url, "uint64", chunk_shape(run, cfg.chunk_shape)),
+        OutputSpec(run.halos_url, "uint32", slot_voxels, roi=layout.roi, aligned=False),
     ]
 
 
 def _mws_block_function(run: Run):
     cfg = run.config.stages.mws
     return functools.partial(
-        block_functions.mws_block,
+        mws_block,
         affinities_url=run.embeddings.url if run.mws_on_embeddings else run.affinities.url,
         distance=cfg.distance,
         delta=cfg.delta,
@@ -267,7 +361,7 @@ def _mws_block_function(run: Run):
 def _channel_instances_block_function(run: Run):
     cfg = run.config.stages.channel_instances
     return functools.partial(
-        block_functions.channel_instances_block,
+        channel_instances_block,
         channels_url=run.channels_source.url,
         fragments_url=run.fragments_url,
         halos_url=run.halos_url,
@@ -279,131 +373,32 @@ def _channel_instances_block_function(run: Run):
     )
 
 
-def _pca_prepare(run: Run) -> None:
-    """Fit the one PCA of the preview on a random sample of the whole volume's embeddings.
-
-    A point-wise random sample would decompress one chunk per voxel drawn,
-    which on a terabyte volume is most of it. Instead ``sample_chunks``
-    chunks of the embeddings are drawn at random (fixed seed) from all those
-    the total ROI touches, read whole, and ``samples`` voxels are drawn from
-    them evenly. The same seed gives the same model on a resume, so blocks
-    coloured before and after agree.
-    """
-    from workers import embeddings as embeddings_worker
-
-    cfg = run.config.stages.pca_preview
-    volume = run.embeddings
-    rng = np.random.default_rng(cfg.seed)
-    chunk_nm = tuple(c * v for c, v in zip(volume.chunk_shape, volume.voxel_size))
-    chunk_grid = BlockGrid(run.total_roi, chunk_nm)
-    chosen = np.sort(rng.choice(chunk_grid.num_blocks, min(cfg.sample_chunks, chunk_grid.num_blocks), replace=False))
-    per_chunk = -(-cfg.samples // len(chosen))
-    parts = []
-    for chunk_id in chosen:
-        data = volume.read(chunk_grid.write_roi(int(chunk_id)))
-        flat = data.reshape(len(data), -1)
-        parts.append(flat[:, rng.integers(0, flat.shape[1], per_chunk)].T)
-    samples = np.concatenate(parts).astype(np.float64)[: cfg.samples]
-    if not np.all(np.isfinite(samples)):
-        raise _pipeline().InputError(f"input.embeddings: {volume.url} contains NaN/inf values; the PCA preview needs finite embeddings")
-    run.pca_model = embeddings_worker.fit_embedding_pca(samples, n_components=3)
+MWS = Stage(
+    "mws",
+    needs=(),
+    enabled=lambda run: run.fragment_stage == "mws" and run.segmenting,
+    params=lambda run: {
+        **run.config.stages.mws.model_dump(),
+        "offsets": mws_offsets(run.config),
+        "ids_per_block": run.ids_per_block,
+        "context": _mws_context(run),
+    },
+    outputs=lambda run: _instance_outputs(run, "mws"),
+    context=_mws_context,
+    block_function=_mws_block_function,
+)
 
 
-def registry_entries() -> list[Stage]:
-    """The stages of this module, for :func:`blockseg.pipeline._registry`."""
-    pipeline = _pipeline()
-    none: Callable[[Run], list[OutputSpec]] = lambda run: []  # noqa: E731
-    return [
-        pipeline.Stage(
-            "embeddings_to_affinities",
-            needs=(),
-            enabled=lambda run: run.config.stages.embeddings_to_affinities is not None and run.has_affinities,
-            params=lambda run: {**run.config.stages.embeddings_to_affinities.model_dump(), "context": _e2a_context(run)},
-            outputs=lambda run: [
-                pipeline.OutputSpec(
-                    run.dataset_url("affinities"), "float32",
-                    pipeline._chunk_shape(run, run.config.stages.embeddings_to_affinities.chunk_shape),
-                    (len(run.config.stages.embeddings_to_affinities.offsets),),
-                )
-            ],
-            context=_e2a_context,
-            block_function=lambda run: functools.partial(
-                block_functions.embeddings_to_affinities_block,
-                embeddings_url=run.embeddings.url,
-                affinities_url=run.dataset_url("affinities"),
-                offsets=run.config.stages.embeddings_to_affinities.offsets,
-                delta=run.config.stages.embeddings_to_affinities.delta,
-                invert=run.config.stages.embeddings_to_affinities.invert,
-            ),
-        ),
-        pipeline.Stage(
-            "pca_preview",
-            needs=(),
-            enabled=lambda run: run.config.stages.pca_preview is not None and (
-                run.input_embeddings is not None or run.embeddings_predicted
-            ),
-            params=lambda run: run.config.stages.pca_preview.model_dump(),
-            outputs=lambda run: [
-                pipeline.OutputSpec(
-                    run.dataset_url("pca_preview"), "uint8",
-                    pipeline._chunk_shape(run, run.config.stages.pca_preview.chunk_shape), (3,),
-                    axis_names=("c", "z", "y", "x"),
-                    # napari shows the three channels as red, green and blue
-                    attrs={"omero": {"channels": [
-                        {"label": label, "color": color, "window": {"start": 0, "end": 255, "min": 0, "max": 255}}
-                        for label, color in (("pc1", "FF0000"), ("pc2", "00FF00"), ("pc3", "0000FF"))
-                    ], "rdefs": {"model": "color"}}},
-                )
-            ],
-            context=lambda run: None,
-            block_function=lambda run: functools.partial(
-                block_functions.pca_preview_block,
-                embeddings_url=run.embeddings.url if run.embeddings is not None else "",
-                preview_url=run.dataset_url("pca_preview"),
-                model=run.pca_model,
-            ),
-            prepare=_pca_prepare,
-        ),
-        pipeline.Stage(
-            "mws",
-            needs=(),
-            enabled=lambda run: run.fragment_stage == "mws" and run.segmenting,
-            params=lambda run: {
-                **run.config.stages.mws.model_dump(),
-                "offsets": mws_offsets(run.config),
-                "ids_per_block": run.ids_per_block,
-                "context": _mws_context(run),
-            },
-            outputs=lambda run: _instance_outputs(run, "mws"),
-            context=_mws_context,
-            block_function=_mws_block_function,
-        ),
-        pipeline.Stage(
-            "channel_instances",
-            needs=(),
-            enabled=lambda run: run.fragment_stage == "channel_instances" and run.segmenting,
-            params=lambda run: {
-                **run.config.stages.channel_instances.model_dump(),
-                "ids_per_block": run.ids_per_block,
-                "context": _channel_instances_context(run),
-            },
-            outputs=lambda run: _instance_outputs(run, "channel_instances"),
-            context=_channel_instances_context,
-            block_function=_channel_instances_block_function,
-        ),
-        pipeline.Stage(
-            "stitch",
-            needs=(),
-            enabled=lambda run: run.fragment_stage != "fragments" and run.segmenting,
-            params=lambda run: {"source": run.fragment_stage, "context": _instance_context(run), "band": _stitch_band(run)},
-            outputs=none,
-            context=_instance_context,
-            block_function=lambda run: functools.partial(
-                stitch.stitch_block,
-                grid=run.grid(_instance_context(run)),
-                halos_url=run.halos_url,
-                ids_per_block=run.ids_per_block,
-                band=_stitch_band(run),
-            ),
-        ),
-    ]
+CHANNEL_INSTANCES = Stage(
+    "channel_instances",
+    needs=(),
+    enabled=lambda run: run.fragment_stage == "channel_instances" and run.segmenting,
+    params=lambda run: {
+        **run.config.stages.channel_instances.model_dump(),
+        "ids_per_block": run.ids_per_block,
+        "context": _channel_instances_context(run),
+    },
+    outputs=lambda run: _instance_outputs(run, "channel_instances"),
+    context=_channel_instances_context,
+    block_function=_channel_instances_block_function,
+)

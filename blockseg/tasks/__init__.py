@@ -1,0 +1,1 @@
+"""The built-in stages, one module per stage (or close family), in pipeline order: predict, targets, embeddings, check, fragments, agglomerate, instances (mws, channel_instances), stitch, segments, relabel, evaluate, downsample. blockseg/registry.py registers them."""
