@@ -34,13 +34,14 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import fastremap
+import numba
 import numpy as np
 import waterz
 
 __all__ = [
     "SCORING_FUNCTIONS",
     "agglomerate_block",
+    "compile_kernels",
     "epsilon_agglomerate",
     "prebuilt_scoring_functions",
     "rag_edges",
@@ -184,44 +185,269 @@ def silence_stdout(stderr: bool = False) -> Iterator[None]:
 
 _EMPTY_IDS = np.zeros(0, dtype=np.uint64)
 
+# The kernels below are compiled by numba on first use (and cached on disk).
+# Each gets one fixed dtype per argument (the callers cast first), so that
+# numba compiles one version of each. Integers inside are uint64 or intp on
+# purpose: numba turns a mix of uint64 and int64 into float64.
+#
+# Labels and label pairs are looked up in hash tables: open addressing with
+# linear probing over a power-of-two uint64 table, 0 marking a free slot
+# (labels and packed pairs are never 0), kept at most half full.
 
-def _face_pairs(fragments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All (smaller, larger) label pairs of face-adjacent voxels that differ.
+# Fibonacci hashing: the top bits of key * 2**64 / golden ratio (modulo 2**64)
+_HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+_U32 = np.uint64(32)
+_LOW_32_BITS = np.uint64(2**32 - 1)
 
-    Pairs with background (0) are left out; pairs repeat once per face.
+
+@numba.njit(cache=True, nogil=True)
+def _shift(size: int) -> np.uint64:
+    """``64 - log2(size)`` for a table of ``size`` slots, a power of two > 1."""
+    bits = 0
+    while (1 << bits) < size:
+        bits += 1
+    return np.uint64(64 - bits)
+
+
+@numba.njit(cache=True, nogil=True)
+def _slot(key: np.uint64, shift: np.uint64) -> int:
+    """The first slot of ``key`` in a table of ``2**(64 - shift)`` slots."""
+    return np.intp((key * _HASH_MULTIPLIER) >> shift)
+
+
+@numba.njit(cache=True, nogil=True)
+def _insert(table: np.ndarray, shift: np.uint64, key: np.uint64) -> int:
+    """Add nonzero ``key`` to the hash set ``table``; 1 if it is new, else 0.
+
+    ``shift`` is :func:`_shift` of the table's size.
     """
-    lows, highs = [], []
-    for axis in range(fragments.ndim):
-        if fragments.shape[axis] < 2:
-            continue
-        here = [slice(None)] * fragments.ndim
-        before = [slice(None)] * fragments.ndim
-        here[axis] = slice(1, None)
-        before[axis] = slice(None, -1)
-        a = fragments[tuple(here)]
-        b = fragments[tuple(before)]
-        touching = (a != b) & (a != 0) & (b != 0)
-        a = a[touching]
-        b = b[touching]
-        lows.append(np.minimum(a, b))
-        highs.append(np.maximum(a, b))
-    if not lows:
-        return _EMPTY_IDS, _EMPTY_IDS
-    return np.concatenate(lows), np.concatenate(highs)
+    mask = table.size - 1
+    i = _slot(key, shift)
+    while True:
+        found = table[i]
+        if found == key:
+            return 0
+        if found == 0:
+            table[i] = key
+            return 1
+        i = (i + 1) & mask
 
 
-def _unique_pairs(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct pairs ``(u, v)`` of ids below 2**32, sorted by ``(u, v)``.
+@numba.njit(cache=True, nogil=True)
+def _pair_key(a: np.uint64, b: np.uint64) -> np.uint64:
+    """``min << 32 | max`` of two different ids below 2**32."""
+    return (a << _U32) | b if a < b else (b << _U32) | a
 
-    Each pair is packed into one uint64 key, as sorting one array is much
-    faster than sorting rows (or a structured array).
+
+@numba.njit(cache=True, nogil=True)
+def _grown_map(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The hash map ``keys -> values`` in a table four times as large."""
+    new_keys = np.zeros(4 * keys.size, dtype=np.uint64)
+    new_values = np.zeros(4 * keys.size, dtype=np.uint64)
+    mask = new_keys.size - 1
+    shift = _shift(new_keys.size)
+    for j in range(keys.size):
+        key = keys[j]
+        if key != 0:
+            i = _slot(key, shift)
+            while new_keys[i] != 0:
+                i = (i + 1) & mask
+            new_keys[i] = key
+            new_values[i] = values[j]
+    return new_keys, new_values
+
+
+@numba.njit(cache=True, nogil=True)
+def _grown_set(table: np.ndarray) -> np.ndarray:
+    """The hash set ``table`` in a table four times as large."""
+    bigger = np.zeros(4 * table.size, dtype=np.uint64)
+    shift = _shift(bigger.size)
+    for key in table:
+        if key != 0:
+            _insert(bigger, shift, key)
+    return bigger
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan_rows(
+    flat: np.ndarray,
+    out: np.ndarray,
+    height: int,
+    width: int,
+    first_row: int,
+    id_keys: np.ndarray,
+    id_ranks: np.ndarray,
+    firsts: np.ndarray,
+    num_ids: int,
+    pairs: np.ndarray,
+    num_pairs: int,
+    with_edges: bool,
+) -> tuple[int, int, int]:
+    """Number the labels of ``flat`` by first appearance, collect the RAG.
+
+    Goes through the rows (of ``width`` voxels) of the C-ordered volume
+    ``flat`` from ``first_row`` on. A label gets the next number when it is
+    first seen (the hash map ``id_keys -> id_ranks``, ``firsts[k - 1]`` is
+    the label numbered ``k``), and ``out`` gets the numbers (0 stays 0).
+    With ``with_edges``, each pair of differing nonzero numbers ``a < b`` on
+    face-adjacent voxels goes into the hash set ``pairs`` as the key
+    ``a << 32 | b``.
+
+    Stops early at the start of a row for which a table could get more than
+    half full; the caller grows it and calls again from that row (rows are
+    done whole, so a row done twice changes nothing). Growing a table inside
+    this loop instead makes numba's loop several times slower.
+
+    Returns
+    -------
+    row : int
+        The row to go on from (the number of rows when done).
+    num_ids, num_pairs : int
+        The updated counts.
     """
-    if u.size == 0:
-        return _EMPTY_IDS.copy(), _EMPTY_IDS.copy()
-    if max(int(u.max()), int(v.max())) >= 2**32:
-        raise ValueError("ids must be below 2**32 to be packed; relabel first")
-    keys = np.unique((u << np.uint64(32)) | v)
-    return keys >> np.uint64(32), keys & np.uint64(2**32 - 1)
+    plane = height * width
+    num_rows = flat.size // width if width else 0
+    id_mask = id_keys.size - 1
+    id_shift = _shift(id_keys.size)
+    pair_shift = _shift(pairs.size)
+    for row in range(first_row, num_rows):
+        if with_edges and 2 * (num_pairs + 3 * width) > pairs.size:
+            return row, num_ids, num_pairs
+        # labels come in runs along x: look up only where a run starts,
+        # which is also where the x-pairs are
+        previous = np.uint64(0)
+        rank = np.uint64(0)
+        last_y = last_z = np.uint64(0)
+        has_row_before = row % height > 0
+        has_plane_before = row >= height
+        begin = row * width
+        for index in range(begin, begin + width):
+            label = flat[index]
+            if label != previous:
+                previous = label
+                if label == 0:
+                    rank = np.uint64(0)
+                else:
+                    i = _slot(label, id_shift)
+                    while True:
+                        found = id_keys[i]
+                        if found == label:
+                            rank = id_ranks[i]
+                            break
+                        if found == 0:
+                            if 2 * (num_ids + 1) > id_keys.size:
+                                return row, num_ids, num_pairs
+                            firsts[num_ids] = label
+                            num_ids += 1
+                            rank = np.uint64(num_ids)
+                            id_keys[i] = label
+                            id_ranks[i] = rank
+                            break
+                        i = (i + 1) & id_mask
+                    if with_edges and index > begin:
+                        other = out[index - 1]
+                        if other != 0:
+                            key = _pair_key(other, rank)
+                            num_pairs += _insert(pairs, pair_shift, key)
+            out[index] = rank
+            if with_edges and rank != 0:
+                if has_row_before:
+                    other = out[index - width]
+                    if other != 0 and other != rank:
+                        key = _pair_key(other, rank)
+                        num_pairs += _insert(pairs, pair_shift, key)
+                if has_plane_before:
+                    other = out[index - plane]
+                    if other != 0 and other != rank:
+                        key = _pair_key(other, rank)
+                        num_pairs += _insert(pairs, pair_shift, key)
+    return num_rows, num_ids, num_pairs
+
+
+@numba.njit(cache=True, nogil=True)
+def _relabel_kernel(
+    fragments: np.ndarray, out: np.ndarray, with_edges: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Write the rank of each label of ``fragments`` into ``out``; the RAG.
+
+    ``fragments`` and ``out`` are C-contiguous 3D uint64 arrays of one shape.
+    The k-th smallest nonzero label becomes ``k``, 0 stays 0.
+
+    Returns
+    -------
+    ids : numpy.ndarray
+        uint64, the distinct nonzero labels, sorted.
+    keys : numpy.ndarray
+        uint64, with ``with_edges`` the distinct ``a << 32 | b`` of the
+        ranks ``0 < a < b`` on face-adjacent voxels, sorted; else empty.
+    """
+    _, height, width = fragments.shape
+    flat = fragments.reshape(-1)
+    out_flat = out.reshape(-1)
+    id_keys = np.zeros(1 << 13, dtype=np.uint64)
+    id_ranks = np.zeros(1 << 13, dtype=np.uint64)
+    firsts = np.zeros(1 << 12, dtype=np.uint64)
+    pairs = np.zeros(1 << 16 if with_edges else 2, dtype=np.uint64)
+    num_ids = 0
+    num_pairs = 0
+    row = 0
+    num_rows = flat.size // width if width else 0
+    while True:
+        row, num_ids, num_pairs = _scan_rows(
+            flat, out_flat, height, width, row, id_keys, id_ranks, firsts,
+            num_ids, pairs, num_pairs, with_edges,
+        )
+        if row >= num_rows:
+            break
+        if 2 * (num_ids + 1) > id_keys.size:
+            id_keys, id_ranks = _grown_map(id_keys, id_ranks)
+            more = np.zeros(id_keys.size // 2, dtype=np.uint64)
+            more[:num_ids] = firsts[:num_ids]
+            firsts = more
+        if with_edges and 2 * (num_pairs + 3 * width) > pairs.size:
+            pairs = _grown_set(pairs)
+
+    # numbers by first appearance -> ranks in sorted order
+    order = np.argsort(firsts[:num_ids])
+    ids = firsts[order]
+    rank_of = np.zeros(num_ids + 1, dtype=np.uint64)
+    in_order = True
+    for k in range(num_ids):
+        rank_of[order[k] + 1] = k + 1
+        in_order = in_order and order[k] == k
+    if not in_order:
+        for index in range(out_flat.size):
+            out_flat[index] = rank_of[out_flat[index]]
+    keys = np.empty(num_pairs, dtype=np.uint64)
+    n = 0
+    for key in pairs:
+        if key != 0:
+            keys[n] = _pair_key(rank_of[key >> _U32], rank_of[key & _LOW_32_BITS])
+            n += 1
+    return ids, np.sort(keys)
+
+
+def _relabel_and_edges(
+    fragments: np.ndarray, with_edges: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_relabel`, and the RAG edges of the relabeled volume.
+
+    Returns
+    -------
+    relabeled, original : numpy.ndarray
+        As for :func:`_relabel`.
+    u, v : numpy.ndarray
+        uint64, the distinct pairs of relabeled ids ``0 < u < v`` on
+        face-adjacent voxels, sorted by ``(u, v)`` (and so by the original
+        ids too); empty without ``with_edges``.
+    """
+    fragments = np.ascontiguousarray(_as_fragments(fragments))
+    if fragments.size >= 2**32:
+        raise ValueError("too many voxels to pack a pair of ranks in 64 bits")
+    relabeled = np.empty(fragments.shape, dtype=np.uint64)
+    ids, keys = _relabel_kernel(fragments, relabeled, bool(with_edges))
+    original = np.concatenate([np.zeros(1, dtype=np.uint64), ids])
+    return relabeled, original, keys >> _U32, keys & _LOW_32_BITS
 
 
 def rag_edges(fragments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -247,13 +473,9 @@ def rag_edges(fragments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     >>> [pair.tolist() for pair in rag_edges(labels)]
     [[1, 1], [2, 3]]
     """
-    fragments = _as_fragments(fragments)
-    if fragments.size == 0 or int(fragments.max()) < 2**32:
-        return _unique_pairs(*_face_pairs(fragments))
-    # large ids do not pack into one key: work on their ranks, which keeps
-    # the order of the pairs
-    relabeled, original = _relabel(fragments)
-    u, v = _unique_pairs(*_face_pairs(relabeled))
+    # work on ranks (small ids that pack into one key), which keep the order
+    # of the pairs
+    _, original, u, v = _relabel_and_edges(fragments)
     return original[u], original[v]
 
 
@@ -409,12 +631,8 @@ def _relabel(fragments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         uint64 array with ``original[relabeled] == fragments``;
         ``original[0] == 0``.
     """
-    ids = fastremap.unique(fragments)
-    original = ids if ids.size and ids[0] == 0 else np.concatenate([[0], ids])
-    original = original.astype(np.uint64)
-    mapping = {int(label): new for new, label in enumerate(original.tolist())}
-    relabeled = fastremap.remap(fragments, mapping, in_place=False)
-    return np.ascontiguousarray(relabeled, dtype=np.uint64), original
+    relabeled, original, _, _ = _relabel_and_edges(fragments, with_edges=False)
+    return relabeled, original
 
 
 # ---------------------------------------------------------------------------
@@ -481,50 +699,95 @@ def _run_waterz(
 # ---------------------------------------------------------------------------
 
 
-def _adjacency(
-    num_nodes: int, u: Sequence[int], v: Sequence[int]
-) -> list[dict[int, list[int]]]:
-    """Per node: neighbour -> indices of the RAG edges between the two.
+# the attach time of a root: after every merge
+_NEVER = np.iinfo(np.int64).max
 
-    Both directions hold the same list object, such that extending it once
-    updates both ends.
+
+@numba.njit(cache=True, nogil=True)
+def _merge_tree(
+    num_nodes: int, merges: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Replay a merge history on a union-find forest without path compression.
+
+    ``merges`` holds rows ``(a, b, c)`` of int64 region ids below
+    ``num_nodes``: the regions ``a`` and ``b`` merge into ``c``. Clusters are
+    reached through a handle (one node in them) that stays valid while waterz
+    names merged regions as it likes. Union by size keeps every tree of
+    height O(log n). A merge of two regions already in one cluster is
+    skipped (not expected from waterz).
+
+    Returns
+    -------
+    parent : numpy.ndarray
+        int64, the parent of each node (itself for a root).
+    attached : numpy.ndarray
+        int64, the index of the merge that attached each node to its parent
+        (:data:`_NEVER` for a root). Along a path to the root these grow.
     """
-    adjacency: list[dict[int, list[int]]] = [{} for _ in range(num_nodes)]
-    for index, (a, b) in enumerate(zip(u, v)):
-        edges = [index]
-        adjacency[a][b] = edges
-        adjacency[b][a] = edges
-    return adjacency
+    parent = np.arange(num_nodes)
+    attached = np.full(num_nodes, _NEVER, dtype=np.int64)
+    size = np.ones(num_nodes, dtype=np.int64)
+    handle = np.arange(num_nodes)
+    for t in range(merges.shape[0]):
+        first = handle[merges[t, 0]]
+        while parent[first] != first:
+            first = parent[first]
+        second = handle[merges[t, 1]]
+        while parent[second] != second:
+            second = parent[second]
+        if first == second:
+            continue
+        if size[first] < size[second]:
+            first, second = second, first
+        parent[second] = first
+        attached[second] = t
+        size[first] += size[second]
+        handle[merges[t, 2]] = first
+    return parent, attached
 
 
-def _absorb(
-    adjacency: list[dict[int, list[int]]], big: int, small: int
-) -> list[int]:
-    """Merge cluster ``small`` into ``big``; return the edges that joined them.
+@numba.njit(cache=True, nogil=True)
+def _join_times(
+    parent: np.ndarray, attached: np.ndarray, u: np.ndarray, v: np.ndarray
+) -> np.ndarray:
+    """Per pair ``(u, v)``, the index of the merge that joins its nodes, or -1.
 
-    Only the neighbours of ``small`` are visited (the caller makes it the one
-    with fewer), and of two edge lists the shorter is appended to the longer,
-    so that the whole merge tree costs O(E log E).
+    From both nodes, the one attached earlier steps up to its parent, until
+    the two meet: as attach times grow towards the root, no step passes the
+    meeting point, and the last step is the merge that joined the two
+    subtrees. Two different roots mean the nodes never join.
     """
-    big_map = adjacency[big]
-    small_map = adjacency[small]
-    joined = big_map.pop(small, [])
-    small_map.pop(big, None)
-    for neighbour, edges in small_map.items():
-        neighbour_map = adjacency[neighbour]
-        del neighbour_map[small]
-        existing = big_map.get(neighbour)
-        if existing is None:
-            big_map[neighbour] = edges
-            neighbour_map[big] = edges
-        elif len(existing) >= len(edges):
-            existing.extend(edges)
-        else:
-            edges.extend(existing)
-            big_map[neighbour] = edges
-            neighbour_map[big] = edges
-    adjacency[small] = {}
-    return joined
+    times = np.full(u.size, -1, dtype=np.int64)
+    for k in range(u.size):
+        x = u[k]
+        y = v[k]
+        time = np.int64(-1)
+        while x != y:
+            if attached[x] <= attached[y]:
+                if attached[x] == _NEVER:  # both are roots
+                    time = -1
+                    break
+                time = attached[x]
+                x = parent[x]
+            else:
+                time = attached[y]
+                y = parent[y]
+        times[k] = time
+    return times
+
+
+def _merge_arrays(
+    merge_history: Sequence[dict[str, Any]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(a, b, c)`` rows (int64) and float32 scores of a merge history."""
+    if not merge_history:
+        return np.zeros((0, 3), np.int64), np.zeros(0, np.float32)
+    rows = np.array(
+        [(merge["a"], merge["b"], merge["c"]) for merge in merge_history],
+        dtype=np.int64,
+    ).reshape(-1, 3)
+    scores = np.array([merge["score"] for merge in merge_history], dtype=np.float32)
+    return rows, scores
 
 
 def _merge_scores(
@@ -535,11 +798,10 @@ def _merge_scores(
 ) -> np.ndarray:
     """Per RAG edge, the score of the merge that first joins its endpoints.
 
-    Clusters are tracked by a handle (the id of a node in them) that stays
-    fixed while waterz names merged regions as it likes (``c``). When the
-    clusters of ``a`` and ``b`` merge, all pending RAG edges between them
-    get the score of this merge; this finds the lowest common ancestor of
-    every edge in the merge tree in one pass over the history.
+    The history is replayed on a union-find forest (:func:`_merge_tree`);
+    the merge that joins ``u`` and ``v`` is found by climbing from both
+    (:func:`_join_times`), the lowest common ancestor in the merge tree.
+    That is O(log n) per edge.
 
     With waterz's exact priority queue the merge scores never decrease. With
     a bin queue, merges within one bin happen in insertion order, and a later
@@ -551,32 +813,27 @@ def _merge_scores(
     -------
     numpy.ndarray
         float32 scores, ``+inf`` for edges whose endpoints never merge.
-    """
-    adjacency = _adjacency(num_nodes, u.tolist(), v.tolist())
-    handle = list(range(num_nodes))
-    joined_edges: list[list[int]] = []
-    joined_scores: list[float] = []
-    for merge in merge_history:
-        first, second = handle[merge["a"]], handle[merge["b"]]
-        if first == second:  # not expected from waterz, harmless to skip
-            continue
-        if len(adjacency[first]) < len(adjacency[second]):
-            first, second = second, first
-        joined = _absorb(adjacency, first, second)
-        if joined:
-            joined_edges.append(joined)
-            joined_scores.append(float(merge["score"]))
-        handle[merge["c"]] = first
 
-    scores = np.full(u.size, np.inf, dtype=np.float32)
-    if joined_edges:
-        counts = [len(edges) for edges in joined_edges]
-        indices = np.fromiter(
-            (index for edges in joined_edges for index in edges),
-            dtype=np.intp,
-            count=sum(counts),
-        )
-        scores[indices] = np.repeat(np.asarray(joined_scores, np.float32), counts)
+    Raises
+    ------
+    IndexError
+        If the history names a region id outside ``[0, num_nodes)``.
+    """
+    rows, merge_scores = _merge_arrays(merge_history)
+    if rows.size and (rows.min() < 0 or rows.max() >= num_nodes):
+        raise IndexError(f"merge history names regions outside [0, {num_nodes})")
+    nodes_u = np.asarray(u, dtype=np.int64)
+    nodes_v = np.asarray(v, dtype=np.int64)
+    if nodes_u.size and (
+        min(nodes_u.min(), nodes_v.min()) < 0
+        or max(nodes_u.max(), nodes_v.max()) >= num_nodes
+    ):
+        raise IndexError(f"edges name nodes outside [0, {num_nodes})")
+    parent, attached = _merge_tree(int(num_nodes), rows)
+    times = _join_times(parent, attached, nodes_u, nodes_v)
+    scores = np.full(times.size, np.inf, dtype=np.float32)
+    joined = times >= 0
+    scores[joined] = merge_scores[times[joined]]
     return scores
 
 
@@ -630,8 +887,7 @@ def agglomerate_block(
     fragments = _as_fragments(fragments)
     affinities = _as_affinities(affinities, fragments.shape)
 
-    relabeled, original = _relabel(fragments)
-    u, v = _unique_pairs(*_face_pairs(relabeled))
+    relabeled, original, u, v = _relabel_and_edges(fragments)
     if u.size == 0:
         return _EMPTY_IDS.copy(), _EMPTY_IDS.copy(), np.zeros(0, np.float32)
 
@@ -694,3 +950,17 @@ def epsilon_agglomerate(
     np.minimum.at(smallest, region_of.astype(np.intp), np.arange(original.size))
     representative = original[smallest[region_of.astype(np.intp)]]
     return representative[relabeled]
+
+
+def compile_kernels() -> None:
+    """Load (or compile, the first time on a machine) the numba kernels here.
+
+    :func:`agglomerate_block`, :func:`rag_edges` and
+    :func:`epsilon_agglomerate` compile them on first use otherwise, inside
+    the first block a worker gets.
+    """
+    fragments = np.array([[[1, 1, 2], [3, 0, 2]]], dtype=np.uint64)
+    _, _, u, v = _relabel_and_edges(fragments)
+    _relabel_and_edges(fragments, with_edges=False)
+    history = [{"a": 1, "b": 2, "c": 1, "score": 0.5}]
+    _merge_scores(4, u, v, history)

@@ -103,6 +103,90 @@ def test_rag_edges_without_edges(labels: np.ndarray) -> None:
     assert u.dtype == v.dtype == np.uint64
 
 
+def brute_force_pairs(labels: np.ndarray) -> np.ndarray:
+    """The distinct (smaller, larger) label pairs on face-adjacent voxels.
+
+    Rows of an ``(n, 2)`` uint64 array, sorted; background (0) left out.
+    Written independently of the module: one numpy comparison per axis.
+    """
+    pairs = [np.zeros((0, 2), np.uint64)]
+    for axis in range(3):
+        a = np.moveaxis(labels, axis, 0)[1:].reshape(-1)
+        b = np.moveaxis(labels, axis, 0)[:-1].reshape(-1)
+        keep = (a != b) & (a != 0) & (b != 0)
+        pairs.append(np.stack([np.minimum(a, b)[keep], np.maximum(a, b)[keep]], 1))
+    return np.unique(np.concatenate(pairs), axis=0)
+
+
+def random_labels(
+    shape: tuple[int, int, int], num_ids: int, seed: int, runs: int = 3
+) -> np.ndarray:
+    """Labels with runs along x (as fragments have), large ids, some zeros.
+
+    The ids are spread over the whole uint64 range, in random order (so not
+    in order of first appearance), some above 2**32 and next to 2**64.
+    """
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, 2**64 - 1, size=num_ids, dtype=np.uint64)
+    small = slice(num_ids // 4)
+    ids[small] = (ids[small] >> np.uint64(40)) | np.uint64(1)  # some small ones too
+    ids[-1] = np.uint64(2**64 - 1)
+    ids = np.unique(ids)
+    rng.shuffle(ids)
+    count = int(np.prod(shape)) // runs + 1
+    labels = np.repeat(rng.choice(ids, size=count), runs)[: int(np.prod(shape))]
+    labels[rng.random(labels.size) < 0.05] = 0
+    return labels.reshape(shape)
+
+
+@pytest.mark.parametrize(
+    ("shape", "num_ids", "runs"),
+    [
+        ((5, 7, 9), 12, 3),
+        ((1, 1, 40), 5, 2),
+        ((40, 1, 1), 5, 1),
+        ((1, 30, 1), 5, 1),
+        # more ids and pairs than the kernels' first hash tables hold
+        ((12, 40, 50), 9000, 1),
+        ((6, 30, 40), 20000, 2),
+        # a row too long for the first table of pairs
+        ((2, 2, 12000), 3000, 2),
+    ],
+)
+def test_rag_edges_match_brute_force(
+    shape: tuple[int, int, int], num_ids: int, runs: int
+) -> None:
+    labels = random_labels(shape, num_ids, seed=num_ids, runs=runs)
+    expected = brute_force_pairs(labels)
+    assert expected.shape[0] > 0
+    u, v = rag_edges(labels)
+    assert u.dtype == v.dtype == np.uint64
+    np.testing.assert_array_equal(np.stack([u, v], 1), expected)
+
+
+def test_rag_edges_of_a_strided_view() -> None:
+    labels = random_labels((8, 20, 30), 50, seed=3)
+    view = labels[::2, 3:17, ::-3]
+    u, v = rag_edges(view)
+    np.testing.assert_array_equal(np.stack([u, v], 1), brute_force_pairs(view))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_relabel_ranks_the_ids(seed: int) -> None:
+    """Consecutive ids in the order of the original ones, 0 kept as 0."""
+    labels = random_labels((10, 30, 40), 7000, seed=seed)
+    relabeled, original = agg._relabel(labels)
+    present = np.unique(labels)
+    np.testing.assert_array_equal(original, np.union1d(np.zeros(1, np.uint64), present))
+    np.testing.assert_array_equal(relabeled, np.searchsorted(original, labels))
+    assert relabeled.dtype == np.uint64 and relabeled.flags.c_contiguous
+    # without background, 0 is still original[0] and no voxel gets it
+    filled = np.where(labels == 0, original[1], labels)
+    relabeled, original = agg._relabel(filled)
+    assert original[0] == 0 and relabeled.min() == 1
+    np.testing.assert_array_equal(original[relabeled], filled)
+
+
 # ---------------------------------------------------------------------------
 # scoring functions
 # ---------------------------------------------------------------------------
@@ -267,6 +351,115 @@ def test_scores_follow_boundary_affinities() -> None:
     u, v, score = agglomerate_block(affs, fragments, "mean", discretize_queue=0)
     assert list(zip(u.tolist(), v.tolist())) == [(1, 2), (2, 3)]
     np.testing.assert_allclose(score, [0.1, 0.8], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# merge history -> edge scores
+# ---------------------------------------------------------------------------
+
+
+def random_history(
+    num_fragments: int, num_nodes: int, num_merges: int, seed: int
+) -> list[dict[str, object]]:
+    """A merge history of regions 1..num_fragments-1, shaped like waterz's.
+
+    Two live regions merge into a region named by one of their ids or by a
+    new id (from num_fragments..num_nodes-1), with scores in random order (as
+    a bin queue gives); now and then a region "merges" with itself, which
+    must be skipped.
+    """
+    rng = np.random.default_rng(seed)
+    live = list(range(1, num_fragments))
+    fresh = list(range(num_fragments, num_nodes))
+    history: list[dict[str, object]] = []
+    while len(history) < num_merges and len(live) > 1:
+        if rng.random() < 0.05:
+            a = b = c = int(rng.choice(live))
+        else:
+            i, j = rng.choice(len(live), size=2, replace=False)
+            a, b = live[i], live[j]
+            live.remove(a)
+            live.remove(b)
+            if fresh and rng.random() < 0.3:
+                c = fresh.pop()
+            else:
+                c = a if rng.random() < 0.5 else b
+            live.append(c)
+        history.append({"a": a, "b": b, "c": c, "score": float(rng.random())})
+    return history
+
+
+def replayed_scores(
+    num_nodes: int, u: np.ndarray, v: np.ndarray, history: list[dict[str, object]]
+) -> np.ndarray:
+    """The oracle: a plain union-find, and after every merge a look at every edge."""
+    parent = list(range(num_nodes))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    region = list(range(num_nodes))  # waterz's region id -> a node in it
+    scores = np.full(u.size, np.inf, np.float32)
+    done = np.zeros(u.size, bool)
+    for merge in history:
+        first, second = find(region[merge["a"]]), find(region[merge["b"]])
+        if first == second:
+            continue
+        parent[second] = first
+        region[merge["c"]] = first
+        for k in np.flatnonzero(~done):
+            if find(int(u[k])) == find(int(v[k])):
+                scores[k] = np.float32(merge["score"])
+                done[k] = True
+    return scores
+
+
+@pytest.mark.parametrize(
+    ("num_nodes", "num_edges", "num_merges", "seed"),
+    [(15, 30, 7, 0), (60, 120, 25, 1), (90, 300, 59, 2), (240, 600, 200, 3)],
+)
+def test_merge_scores_match_a_replayed_history(
+    num_nodes: int, num_edges: int, num_merges: int, seed: int
+) -> None:
+    rng = np.random.default_rng(100 + seed)
+    num_fragments = 2 * num_nodes // 3  # the other ids name merged regions
+    pairs = np.sort(rng.integers(1, num_fragments, (num_edges, 2)), 1)
+    pairs = np.unique(pairs[pairs[:, 0] < pairs[:, 1]], axis=0).astype(np.uint64)
+    u, v = pairs[:, 0], pairs[:, 1]
+    history = random_history(num_fragments, num_nodes, num_merges, seed)
+    expected = replayed_scores(num_nodes, u, v, history)
+    scores = agg._merge_scores(num_nodes, u, v, history)
+    assert scores.dtype == np.float32
+    np.testing.assert_array_equal(scores, expected)
+    # not trivially equal: edges join at many different merges
+    assert np.unique(expected[np.isfinite(expected)]).size >= 3
+    if num_merges < num_fragments - 2:
+        assert np.isinf(expected).any()
+
+
+def test_merge_scores_by_hand() -> None:
+    """A chain 1-2-3-4 and an edge 1-4 that closes it; 5 is never merged."""
+    u = np.array([1, 1, 2, 3, 4], np.uint64)
+    v = np.array([2, 4, 3, 4, 5], np.uint64)
+    history = [
+        {"a": 3, "b": 4, "c": 3, "score": 0.1},  # {3, 4} is region 3
+        {"a": 1, "b": 1, "c": 1, "score": 0.9},  # skipped
+        {"a": 1, "b": 2, "c": 2, "score": 0.3},  # {1, 2} is region 2
+        {"a": 2, "b": 3, "c": 2, "score": 0.2},  # all of 1..4
+    ]
+    scores = agg._merge_scores(6, u, v, history)
+    np.testing.assert_array_equal(
+        scores, np.float32([0.3, 0.2, 0.2, 0.1, np.inf])
+    )
+
+
+def test_merge_scores_reject_unknown_regions() -> None:
+    u, v = np.array([1], np.uint64), np.array([2], np.uint64)
+    with pytest.raises(IndexError):
+        agg._merge_scores(3, u, v, [{"a": 1, "b": 7, "c": 1, "score": 0.5}])
+    assert np.isinf(agg._merge_scores(3, u, v, [])).all()
 
 
 # ---------------------------------------------------------------------------
