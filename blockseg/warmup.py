@@ -1,6 +1,7 @@
 """Load the compiled kernels on every worker as a run starts, not inside its first block.
 
-The fragments stage's watershed and node counts are numba kernels. Loading
+The fragments stage's watershed and node counts, and the agglomerate
+stage's RAG edges and merge scores, are numba kernels. Loading
 them (and importing numba) takes a worker a second or two, compiling them on
 a machine that has never run them a few more; paid inside a worker's first
 block, it showed up as a slow stage on small volumes. A worker plugin starts
@@ -18,9 +19,10 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 
 def _load() -> None:
-    from workers.fragments import compile_kernels
+    from workers import agglomerate, fragments
 
-    compile_kernels()
+    fragments.compile_kernels()
+    agglomerate.compile_kernels()
 
 
 class KernelWarmUp(WorkerPlugin):
