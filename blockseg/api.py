@@ -129,8 +129,12 @@ class FunctionTask(Task):
     def writes(self, params):
         return self._writes
 
-    def process(self, params, **arrays):
-        return self.function(**arrays, **params.kwargs)
+    def process(self, params, **arrays_and_extras):
+        from blockseg.task import _accepted
+
+        arrays = {name: arrays_and_extras.pop(name) for name in self._reads}
+        # voxel_size, block, read_roi, state: passed when the function takes them
+        return self.function(**arrays, **params.kwargs, **_accepted(self.function, arrays_and_extras))
 
 
 def blockwise(

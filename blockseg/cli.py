@@ -232,6 +232,13 @@ def cmd_view(args: argparse.Namespace) -> int:
     return view(config, port=args.port, open_browser=not args.no_browser, viewer_url=args.neuroglancer or NEUROGLANCER_URL)
 
 
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from blockseg.user_tasks import describe_tasks
+
+    print(describe_tasks())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blockseg", description="Blockwise segmentation of large EM volumes on dask.")
     parser.add_argument("--version", action="version", version=f"blockseg {__version__}")
@@ -286,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--no-browser", action="store_true", help="only print the link")
     view.add_argument("--neuroglancer", metavar="URL", help="neuroglancer to link to (default: the public demo)")
     view.set_defaults(func=cmd_view)
+
+    tasks = sub.add_parser("tasks", help="the built-in stages and installed tasks, with their parameters and defaults")
+    tasks.set_defaults(func=cmd_tasks)
     return parser
 
 

@@ -87,6 +87,15 @@ def open_run(config: PipelineConfig, restart: bool = False) -> Run:
     wanted = [n for n in TARGET_STAGES if getattr(config.stages, n) is not None]
     if wanted and truth is None:
         raise ConfigError(f"config error: stages.{wanted[0]}: needs input.ground_truth")
+    user_tasks = []
+    if config.user_tasks:
+        # what users' tasks read and write, checked before the store is opened: a mistake writes nothing
+        given_boundaries = affinities if config.input.boundaries else None
+        provisional = Run(
+            config, None, None if given_boundaries is not None else affinities, truth, total_roi, raw,
+            input_embeddings=embeddings, input_channels=channels, input_boundaries=given_boundaries, mask=mask,
+        )
+        user_tasks = bind_tasks(provisional, config.user_tasks, _built_in_writers(provisional))
     output_dir = config.output_dir
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"config error: output: {output_dir} exists and is not a folder")
@@ -111,17 +120,10 @@ def open_run(config: PipelineConfig, restart: bool = False) -> Run:
     boundaries = None
     if config.input.boundaries:
         affinities, boundaries = None, affinities
-    run = Run(
+    return Run(
         config, store, affinities, truth, total_roi, raw, input_embeddings=embeddings, input_channels=channels,
-        input_boundaries=boundaries, mask=mask,
+        input_boundaries=boundaries, mask=mask, user_tasks=user_tasks,
     )
-    if config.user_tasks:
-        try:
-            run.user_tasks = bind_tasks(run, config.user_tasks, _built_in_writers(run))
-        except ConfigError:
-            store.close()
-            raise
-    return run
 
 
 def _built_in_writers(run: Run) -> dict[str, str]:
