@@ -116,7 +116,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from blockseg.config import load_config
-    from blockseg.pipeline import STAGE_ORDER, STAGES, open_run, stage_progress
+    from blockseg.pipeline import open_run, stage_progress
+    from blockseg.registry import stages_of
 
     config = load_config(args.config)
     from blockseg.lock import status_line
@@ -126,8 +127,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(active)
     run = open_run(config)
     print(f"{'stage':<24} {'done':>8} {'total':>8}  state")
-    for name in STAGE_ORDER:
-        stage = STAGES[name]
+    for name, stage in stages_of(run).items():  # the built-in stages, then the users' tasks
         if not stage.enabled(run):
             print(f"{name:<24} {'-':>8} {'-':>8}  disabled")
             continue
@@ -233,7 +233,7 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from blockseg.user_tasks import describe_tasks
+    from blockseg.task_listing import describe_tasks
 
     print(describe_tasks())
     return 0
