@@ -149,12 +149,56 @@ def _local_client(config: ClusterConfig, quiet: bool, log_dir: Path | None) -> I
             yield client
 
 
-@contextlib.contextmanager
-def _local_client_configured(config: ClusterConfig, quiet: bool, log_dir: Path | None) -> Iterator[Client]:
+#: Tries to bring a local cluster up when a worker dies while it starts.
+START_ATTEMPTS = 3
+
+
+def _start_local(config: ClusterConfig, log_dir: Path | None) -> tuple[LocalCluster, Client]:
+    """A local cluster and its client, with the worker setup registered.
+
+    A worker that dies while the cluster starts (killed from outside, out of
+    memory) fails the nanny's start ("Nanny failed to start") or the setup's
+    registration (CommClosedError); nothing has run yet, so the cluster is
+    started again, up to :data:`START_ATTEMPTS` times, and then the run ends
+    with one line (:class:`~blockseg.scheduler.NoWorkers`) instead of
+    distributed's traceback.
+    """
+    for attempt in range(1, START_ATTEMPTS + 1):
+        cluster = client = None
+        try:
+            cluster = _new_local_cluster(config)
+            client = Client(cluster)
+            _register_setup(client, log_dir)
+            return cluster, client
+        except (RuntimeError, OSError) as error:
+            _close_quietly(client, cluster)
+            line = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+            log.debug("local cluster start, attempt %d of %d", attempt, START_ATTEMPTS, exc_info=True)
+            if attempt == START_ATTEMPTS:
+                from blockseg.scheduler import NoWorkers
+
+                raise NoWorkers(
+                    f"the local dask cluster did not start in {START_ATTEMPTS} tries ({line}); "
+                    "a worker died while it started: check the memory limit, then rerun to resume"
+                ) from error
+            log.warning("a dask worker died while the local cluster started (%s); starting it again", line)
+        except BaseException:
+            _close_quietly(client, cluster)
+            raise
+    raise AssertionError("unreachable")
+
+
+def _close_quietly(client: Client | None, cluster: LocalCluster | None) -> None:
+    for thing in (client, cluster):
+        if thing is not None:
+            with contextlib.suppress(Exception):
+                thing.close()
+
+
+def _new_local_cluster(config: ClusterConfig) -> LocalCluster:
     local = config.local
-    workers = local.workers or default_workers()
-    cluster = LocalCluster(
-        n_workers=workers,
+    return LocalCluster(
+        n_workers=local.workers or default_workers(),
         threads_per_worker=local.threads_per_worker,
         processes=local.processes,
         memory_limit=local.memory_limit,
@@ -166,9 +210,14 @@ def _local_client_configured(config: ClusterConfig, quiet: bool, log_dir: Path |
         dashboard_address="127.0.0.1:0",
         silence_logs=logging.ERROR,
     )
-    client = Client(cluster)
+
+
+@contextlib.contextmanager
+def _local_client_configured(config: ClusterConfig, quiet: bool, log_dir: Path | None) -> Iterator[Client]:
+    local = config.local
+    workers = local.workers or default_workers()
+    cluster, client = _start_local(config, log_dir)
     try:
-        _register_setup(client, log_dir)
         if not quiet:
             link = cluster.dashboard_link if local.dashboard else "off"
             log.info("local dask cluster: %d worker(s) x %d thread(s), dashboard %s", workers, local.threads_per_worker, link)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 import subprocess
@@ -236,3 +237,45 @@ def test_cli_refuses_an_impossible_config_before_any_block_runs(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.startswith("blockseg")]
     assert len(lines) == 1 and "needs at least" in lines[0] and "memory limit 120 MiB" in lines[0], result.stderr
     assert "block(s) done" not in result.stdout  # not even the input check ran
+
+
+# ---------------------------------------------------------------------------
+# a worker that dies while the local cluster starts (found by benchmarks/chaos.py:
+# every such kill ended the run with distributed's traceback)
+# ---------------------------------------------------------------------------
+
+
+def test_worker_death_while_the_cluster_starts_starts_it_again(monkeypatch, caplog):
+    import blockseg.cluster as cluster_module
+
+    real = cluster_module._new_local_cluster
+    calls = []
+
+    def dies_once(config):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("Nanny failed to start.")  # what LocalCluster raises when a worker dies starting
+        return real(config)
+
+    monkeypatch.setattr(cluster_module, "_new_local_cluster", dies_once)
+    monkeypatch.setattr(logging.getLogger("blockseg"), "propagate", True)  # a CLI test may have turned it off
+    with caplog.at_level("WARNING", logger="blockseg"):
+        with open_client(_cluster(), quiet=True) as client:
+            assert client.submit(int, "7").result() == 7
+    assert len(calls) == 2
+    assert "a dask worker died while the local cluster started (Nanny failed to start.)" in caplog.text
+
+
+def test_a_cluster_that_never_starts_is_one_line(monkeypatch):
+    import blockseg.cluster as cluster_module
+
+    def never(config):
+        raise RuntimeError("Nanny failed to start.")
+
+    monkeypatch.setattr(cluster_module, "_new_local_cluster", never)
+    with pytest.raises(NoWorkers) as error:
+        with open_client(_cluster(), quiet=True):
+            pass
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"did not start in {cluster_module.START_ATTEMPTS} tries (Nanny failed to start.)" in message
