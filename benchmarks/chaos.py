@@ -10,6 +10,8 @@ output folder:
    that stage's duration in the reference run later, it is hit by one of
    ``driver-sigkill`` (SIGKILL of the driver), ``worker-sigkill`` (SIGKILL of
    a random dask worker process, a child of the driver) or ``driver-sigterm``.
+   Segments lasts milliseconds on this volume, so a kill aimed at it goes
+   out the moment its k-th lookup table (k seeded) appears in the store.
    Target stages and kill kinds go round in seeded shuffles, so a campaign
    covers every stage (startup, check, fragments, agglomerate, segments,
    relabel, evaluate, finish: the cluster's shutdown after the last stage)
@@ -27,7 +29,8 @@ output folder:
 
 Printed, and with ``--json PATH`` written: ``runs``, ``kills`` (stage ->
 count), ``kills_total``, ``kills_by_kind``, ``mismatches``, ``hangs``,
-``failed_reruns``, ``orphans``, ``store``, ``blocks_per_stage``, ``seconds``
+``failed_reruns``, ``orphans``, ``tracebacks`` (runs whose driver printed a
+Python traceback, disturbed or rerun), ``store``, ``blocks_per_stage``, ``seconds``
 and ``details`` (one object per run). Each run folder holds the driver's
 stdout with seconds since its start (``disturbed.out``, ``rerun.out``) and
 its stderr (``*.err``). A mismatching or hanging run's folder is kept (its
@@ -66,6 +69,8 @@ FULL = dict(shape=(32, 128, 128), block_voxels=(8, 32, 32))    # 64 blocks per s
 QUICK = dict(shape=(16, 96, 96), block_voxels=(8, 32, 32))     # 18 blocks per stage
 VOXEL_SIZE = (20, 10, 10)
 RELABEL_THRESHOLDS = [0.3, 0.5]
+#: The demo config's segments thresholds (one lookup table each).
+THRESHOLDS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
 
 _DONE = re.compile(r"^blockseg: ([a-z_]+): \d+ block\(s\) done")
 _STARTING = re.compile(r"^blockseg: ([a-z_]+): starting afresh")
@@ -181,6 +186,7 @@ def write_run_config(folder: Path, inputs: Path, store: str, block_voxels) -> Pa
         "input.affinities": str(inputs / "affinities"),
         "input.ground_truth": str(inputs / "labels"),
         "block_shape": [b * v for b, v in zip(block_voxels, VOXEL_SIZE)],
+        "stages.segments.thresholds": THRESHOLDS,
         "stages.relabel.thresholds": RELABEL_THRESHOLDS,
         "cluster.local.workers": 2,
         "cluster.local.dashboard": False,
@@ -268,6 +274,25 @@ def plan(runs: int, seed: int, targets=PHASES) -> list[tuple[str, str, float]]:
     return [(next(phases), next(kinds), float(rng.uniform(0.0, 0.9))) for _ in range(runs)]
 
 
+def _await_lut(driver: Driver, output: Path, count: int, deadline: float) -> None:
+    """Spin until the segments stage has written ``count`` lookup tables (of either graph store)."""
+    folders = (output / "graph.db.luts", output / "graph" / "luts")
+    count = min(count, len(THRESHOLDS))
+    while driver.process.poll() is None and time.monotonic() < deadline:
+        found = 0
+        for lut_dir in folders:
+            try:
+                found += sum(1 for entry in os.scandir(lut_dir) if entry.name.startswith("threshold_"))
+            except FileNotFoundError:
+                continue
+        if found >= count:
+            return
+        if PHASES.index(driver.phase()) > PHASES.index("segments"):
+            return
+        if PHASES.index(driver.phase()) < PHASES.index("agglomerate"):
+            time.sleep(0.002)  # spin only from the stage before
+
+
 def disturbed_run(folder: Path, inputs: Path, store: str, block_voxels, target: str, kind: str, fraction: float,
                   durations: dict, bound: float, pick: np.random.Generator) -> dict:
     config = write_run_config(folder, inputs, store, block_voxels)
@@ -279,10 +304,15 @@ def disturbed_run(folder: Path, inputs: Path, store: str, block_voxels, target: 
         if time.monotonic() > deadline:
             break
         time.sleep(0.002)
-    phase_start = time.monotonic()
-    delay = fraction * durations[target]
-    while time.monotonic() < phase_start + delay and driver.process.poll() is None:
-        time.sleep(0.002)
+    if target == "segments":
+        # segments lasts a few milliseconds here, less than a poll of the driver's
+        # lines takes: aim at the moment its k-th lookup table appears instead
+        _await_lut(driver, folder / "output", 1 + int(fraction / 0.9 * len(THRESHOLDS)), deadline)
+    else:
+        phase_start = time.monotonic()
+        delay = fraction * durations[target]
+        while time.monotonic() < phase_start + delay and driver.process.poll() is None:
+            time.sleep(0.002)
     # 2. the kill
     killed_at = None
     if driver.process.poll() is None and time.monotonic() <= deadline:
@@ -330,6 +360,8 @@ def disturbed_run(folder: Path, inputs: Path, store: str, block_voxels, target: 
     rerun = Driver(config, "rerun")
     code, seconds = finish_run(rerun, bound)
     detail["rerun_exit"] = code if code is not None else "hang"
+    detail["tracebacks"] = [name for name in ("disturbed", "rerun")
+                            if "Traceback (most recent call last)" in (folder / f"{name}.err").read_text()]
     detail["rerun_seconds"] = round(seconds, 1)
     detail["hang"] = detail["hang"] or code is None
     return detail
@@ -387,7 +419,7 @@ def main(argv=None) -> int:
         where = detail["stage"] or "no kill (the run ended first)"
         print(f"run {index}/{args.runs}: {kind} in {where} (target {target}, "
               f"{detail.get('seconds_into_run', '-')} s in); disturbed run exit {detail['disturbed_exit']}, "
-              f"orphans {detail['orphans']}; rerun exit {detail['rerun_exit']} in {detail['rerun_seconds']} s: "
+              f"orphans {detail['orphans']}{', TRACEBACK in ' + '+'.join(detail['tracebacks']) if detail['tracebacks'] else ''}; rerun exit {detail['rerun_exit']} in {detail['rerun_seconds']} s: "
               f"{verdict}", flush=True)
         if different or detail["hang"]:
             kept.append(folder)
@@ -406,6 +438,7 @@ def main(argv=None) -> int:
         "hangs": sum(1 for d in details if d["hang"]),
         "failed_reruns": sum(1 for d in details if d["rerun_exit"] not in (0, "hang")),
         "orphans": sum(d["orphans"] for d in details),
+        "tracebacks": sum(1 for d in details if d["tracebacks"]),
         "store": args.store,
         "blocks_per_stage": blocks,
         "seconds": round(time.monotonic() - started, 1),
@@ -413,7 +446,8 @@ def main(argv=None) -> int:
         "details": details,
     }
     print(f"runs {summary['runs']}, kills {summary['kills_total']}, mismatches {summary['mismatches']}, "
-          f"hangs {summary['hangs']}, failed reruns {summary['failed_reruns']}, orphans {summary['orphans']} "
+          f"hangs {summary['hangs']}, failed reruns {summary['failed_reruns']}, orphans {summary['orphans']}, "
+          f"runs with a traceback on the terminal {summary['tracebacks']} "
           f"({args.store} store, {summary['seconds']:.0f} s)")
     print("kills by stage: " + ", ".join(f"{phase} {count}" for phase, count in kills.items()))
     print("kills by kind: " + ", ".join(f"{kind} {count}" for kind, count in by_kind.items()))
