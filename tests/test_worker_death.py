@@ -279,3 +279,21 @@ def test_a_cluster_that_never_starts_is_one_line(monkeypatch):
     message = str(error.value)
     assert "\n" not in message
     assert f"did not start in {cluster_module.START_ATTEMPTS} tries (Nanny failed to start.)" in message
+
+
+def test_distributed_errors_in_a_worker_go_to_its_log_file_not_the_terminal(tmp_path, capfd):
+    def complain():
+        import logging
+
+        try:
+            raise ConnectionResetError("Connection reset by peer")
+        except ConnectionResetError:
+            logging.getLogger("distributed.worker").exception("failed during get data (test)")
+        return True
+
+    with open_client(_cluster(), quiet=True, log_dir=tmp_path) as client:
+        assert all(client.run(complain).values())
+    err = capfd.readouterr().err
+    assert "failed during get data (test)" not in err and "Traceback" not in err, err
+    logs = "".join(path.read_text() for path in tmp_path.glob("worker-*.log"))
+    assert "failed during get data (test)" in logs and "ConnectionResetError" in logs
