@@ -131,10 +131,14 @@ def run_pipeline(
 ) -> dict[str, StageReport]:
     """Run the chosen stages (default: all enabled ones) in order."""
     chosen = select_stages(run, stages)
-    if any(stage.name in ("fragments", "agglomerate") for stage in chosen):
-        from blockseg.warmup import warm_up_workers
+    kernel_stages = ("fragments", "agglomerate")
+    if any(stage.name in kernel_stages for stage in chosen):
+        from blockseg.warmup import wait_for_warm_up, warm_up_workers
 
         warm_up_workers(client)
     for stage in chosen:
+        if stage.name in kernel_stages:
+            wait_for_warm_up(client)
+            kernel_stages = ()
         run_one_stage(run, stage, client, restart=restart and stage.name != "check")
     return run.reports

@@ -12,6 +12,7 @@ needs the kernels before they are ready simply waits for the same import.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 from distributed import Client
@@ -37,3 +38,20 @@ class KernelWarmUp(WorkerPlugin):
 def warm_up_workers(client: Client) -> None:
     """Register :class:`KernelWarmUp` (idempotent: a plugin of the same name is replaced)."""
     client.register_plugin(KernelWarmUp(), name=KernelWarmUp.name)
+
+
+async def _finished_loading() -> None:
+    # on the worker's event loop: wait in a thread, so heartbeats go on
+    for thread in threading.enumerate():
+        if thread.name == KernelWarmUp.name:
+            await asyncio.to_thread(thread.join, 300)
+
+
+def wait_for_warm_up(client: Client) -> None:
+    """Return once every worker has loaded the kernels.
+
+    Called before the first stage that uses them: the loading overlaps with
+    whatever ran before (opening the run, the input check), and what is left
+    of it is not counted in that stage's blocks.
+    """
+    client.run(_finished_loading)
