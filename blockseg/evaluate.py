@@ -35,12 +35,30 @@ Differences from the reference, on purpose:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import csgraph
+
+from blockseg.matching_stats import (  # noqa: F401
+    CRITERIA,
+    MatchingStats,
+    _aggregate,
+    _ratio,
+    _stats,
+    check_thresholds,
+    format_matching,
+)
+from blockseg.overlaps import (  # noqa: F401
+    _check_labels,
+    _pair_scores,
+    _size_lookup,
+    _sizes_from,
+    foreground_iou,
+    foreground_iou_from_overlaps,
+    overlap_table,
+)
 
 __all__ = [
     "CRITERIA",
@@ -55,179 +73,6 @@ __all__ = [
     "matching_of_run",
     "format_matching",
 ]
-
-CRITERIA = ("iou", "iot", "iop")
-"""Pair scores: intersection over union, over the true object, over the predicted object."""
-
-
-@dataclass(frozen=True)
-class MatchingStats:
-    """Matching statistics at one threshold (field names as in StarDist's ``Matching``).
-
-    ``sum_matched_score`` (the IoU sum over true positives) is kept as well,
-    since datasets aggregate by summing it.
-    """
-
-    criterion: str
-    thresh: float
-    fp: int
-    tp: int
-    fn: int
-    precision: float
-    recall: float
-    accuracy: float
-    f1: float
-    n_true: int
-    n_pred: int
-    mean_true_score: float
-    mean_matched_score: float
-    panoptic_quality: float
-    sum_matched_score: float
-
-    def to_dict(self) -> dict:
-        """Plain ``dict`` of JSON-serialisable values."""
-        return asdict(self)
-
-
-def _ratio(numerator: float, denominator: float) -> float:
-    # the reference defines every ratio with a zero denominator as 0
-    return float(numerator) / float(denominator) if denominator > 0 else 0.0
-
-
-def _stats(criterion: str, thresh: float, tp: int, n_true: int, n_pred: int, score_sum: float) -> MatchingStats:
-    """Derive the ratios from counts the way the reference does (0 whenever tp is 0)."""
-    fp, fn = n_pred - tp, n_true - tp
-    return MatchingStats(
-        criterion=criterion,
-        thresh=float(thresh),
-        fp=int(fp),
-        tp=int(tp),
-        fn=int(fn),
-        precision=_ratio(tp, tp + fp) if tp > 0 else 0.0,
-        recall=_ratio(tp, tp + fn) if tp > 0 else 0.0,
-        accuracy=_ratio(tp, tp + fp + fn) if tp > 0 else 0.0,
-        f1=_ratio(2 * tp, 2 * tp + fp + fn) if tp > 0 else 0.0,
-        n_true=int(n_true),
-        n_pred=int(n_pred),
-        mean_true_score=_ratio(score_sum, n_true),
-        mean_matched_score=_ratio(score_sum, tp),
-        panoptic_quality=_ratio(score_sum, tp + fp / 2 + fn / 2),
-        sum_matched_score=float(score_sum),
-    )
-
-
-def check_thresholds(thresholds: float | Iterable[float]) -> list[float]:
-    """Matching thresholds as a list of floats in [0, 1].
-
-    Raises
-    ------
-    ValueError
-        If there are none, or one is not a number in [0, 1].
-    """
-    values = [thresholds] if np.isscalar(thresholds) else list(thresholds)
-    if not values:
-        raise ValueError("matching thresholds: none given; give IoU thresholds in [0, 1], e.g. 0.5 0.75")
-    out = []
-    for value in values:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"matching threshold {value!r} is not a number; allowed: numbers in [0, 1]") from None
-        if not 0.0 <= number <= 1.0:  # also rejects NaN
-            raise ValueError(f"matching threshold {value!r} is outside [0, 1]; an IoU threshold must lie in [0, 1]")
-        out.append(number)
-    return out
-
-
-def _check_labels(labels: np.ndarray, name: str) -> np.ndarray:
-    labels = np.asarray(labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{name}: labels must be integers, got dtype {labels.dtype}")
-    if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
-        raise ValueError(f"{name}: labels must be non-negative (0 is background), got {labels.min()}")
-    return labels
-
-
-def overlap_table(truth: np.ndarray, prediction: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Voxel counts of every (true id, predicted id) pair of two label images.
-
-    Parameters
-    ----------
-    truth, prediction : np.ndarray
-        Non-negative integer label images of the same shape (any dimension).
-
-    Returns
-    -------
-    true_ids, pred_ids, counts : np.ndarray
-        uint64, uint64, int64 arrays, one row per pair that occurs, background
-        (0) pairs included, so object sizes are row sums.
-
-    Examples
-    --------
-    >>> t = np.array([[1, 1, 0]]); p = np.array([[2, 0, 0]])
-    >>> [a.tolist() for a in overlap_table(t, p)]
-    [[0, 1, 1], [0, 0, 2], [1, 1, 1]]
-    """
-    truth = _check_labels(truth, "truth")
-    prediction = _check_labels(prediction, "prediction")
-    if truth.shape != prediction.shape:
-        raise ValueError(
-            f"truth {truth.shape} and prediction {prediction.shape} have different shapes; "
-            "the label images must have the same shape"
-        )
-    t_ids, t_dense = np.unique(truth.ravel(), return_inverse=True)
-    p_ids, p_dense = np.unique(prediction.ravel(), return_inverse=True)
-    # a dense pair key stays below (#true ids) * (#pred ids) <= voxels^2, fine in int64 for images
-    key = t_dense.ravel().astype(np.int64) * len(p_ids) + p_dense.ravel()
-    keys, counts = np.unique(key, return_counts=True)
-    t_index, p_index = np.divmod(keys, len(p_ids))
-    return t_ids[t_index].astype(np.uint64), p_ids[p_index].astype(np.uint64), counts.astype(np.int64)
-
-
-def _sizes_from(ids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    unique, inverse = np.unique(ids, return_inverse=True)
-    return unique, np.bincount(inverse.ravel(), weights=counts, minlength=len(unique)).astype(np.int64)
-
-
-def _size_lookup(
-    given: tuple[np.ndarray, np.ndarray] | None, ids: np.ndarray, counts: np.ndarray, name: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Object ids (> 0, size > 0, sorted) and sizes; checked against the overlaps they must contain."""
-    table_ids, table_sums = _sizes_from(ids, counts)
-    if given is None:
-        object_ids, sizes = table_ids, table_sums
-    else:
-        object_ids = np.asarray(given[0], dtype=np.uint64).ravel()
-        sizes = np.asarray(given[1], dtype=np.int64).ravel()
-        if object_ids.shape != sizes.shape:
-            raise ValueError(f"{name}: {object_ids.size} ids but {sizes.size} sizes; give one size per id")
-        object_ids, sizes = _sizes_from(object_ids, sizes)  # duplicates (e.g. LUT-merged) add up
-        if len(object_ids) == 0:  # keeps the lookups below in bounds
-            object_ids, sizes = np.zeros(1, np.uint64), np.zeros(1, np.int64)
-        position = np.minimum(np.searchsorted(object_ids, table_ids), len(object_ids) - 1)
-        known = object_ids[position] == table_ids
-        nonzero = table_ids != 0
-        if np.any(nonzero & ~known):
-            missing = table_ids[nonzero & ~known][:5].tolist()
-            raise ValueError(f"{name}: ids {missing} occur in the overlaps but have no size")
-        short = nonzero & known & (sizes[position] < table_sums)
-        if np.any(short):
-            bad = int(np.flatnonzero(short)[0])
-            raise ValueError(
-                f"{name}: id {int(table_ids[bad])} has size {int(sizes[position[bad]])} but overlaps "
-                f"{int(table_sums[bad])} voxels; a size must be at least the object's overlaps"
-            )
-    keep = (object_ids != 0) & (sizes > 0)
-    return object_ids[keep], sizes[keep]
-
-
-def _pair_scores(criterion: str, counts: np.ndarray, true_size: np.ndarray, pred_size: np.ndarray) -> np.ndarray:
-    counts = counts.astype(np.float64)
-    if criterion == "iou":
-        return counts / (true_size + pred_size - counts)
-    if criterion == "iot":
-        return counts / true_size
-    return counts / pred_size
 
 
 def _max_weight_matching(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -490,30 +335,6 @@ def matching(
     return matching_from_overlaps(*overlap_table(truth, prediction), thresholds=thresholds, criterion=criterion)
 
 
-def _aggregate(per_image: Sequence[MatchingStats], by_image: bool) -> MatchingStats:
-    first = per_image[0]
-    if by_image:
-        # the reference's by_image mode: plain means of the per-image values
-        mean = lambda name: float(np.mean([getattr(s, name) for s in per_image]))  # noqa: E731
-        total = lambda name: int(sum(getattr(s, name) for s in per_image))  # noqa: E731
-        return MatchingStats(
-            criterion=first.criterion, thresh=first.thresh, fp=total("fp"), tp=total("tp"), fn=total("fn"),
-            precision=mean("precision"), recall=mean("recall"), accuracy=mean("accuracy"), f1=mean("f1"),
-            n_true=total("n_true"), n_pred=total("n_pred"), mean_true_score=mean("mean_true_score"),
-            mean_matched_score=mean("mean_matched_score"), panoptic_quality=mean("panoptic_quality"),
-            sum_matched_score=float(sum(s.sum_matched_score for s in per_image)),
-        )
-    # default: pool counts and score sums, then take ratios (not a mean of ratios)
-    return _stats(
-        first.criterion,
-        first.thresh,
-        tp=sum(s.tp for s in per_image),
-        n_true=sum(s.n_true for s in per_image),
-        n_pred=sum(s.n_pred for s in per_image),
-        score_sum=sum(s.sum_matched_score for s in per_image),
-    )
-
-
 def matching_dataset(
     truths: Iterable[np.ndarray],
     predictions: Iterable[np.ndarray],
@@ -553,40 +374,6 @@ def matching_dataset(
     thresholds = check_thresholds(thresholds)
     per_image = [matching(t, p, thresholds, criterion) for t, p in zip(truths, predictions)]
     return [_aggregate([stats[k] for stats in per_image], by_image) for k in range(len(thresholds))]
-
-
-def foreground_iou_from_overlaps(
-    true_ids: np.ndarray,
-    pred_ids: np.ndarray,
-    counts: np.ndarray,
-    true_foreground: int | None = None,
-    pred_foreground: int | None = None,
-) -> float:
-    """IoU of the two foregrounds (label > 0) from an overlap table.
-
-    ``true_foreground`` / ``pred_foreground`` are the foreground voxel counts;
-    ``None`` takes them from the table (right when it covers every voxel).
-    Two empty foregrounds agree perfectly: 1.0.
-    """
-    t = np.asarray(true_ids).ravel()
-    p = np.asarray(pred_ids).ravel()
-    c = np.asarray(counts, dtype=np.int64).ravel()
-    both = int(c[(t != 0) & (p != 0)].sum())
-    true_fg = int(c[t != 0].sum()) if true_foreground is None else int(true_foreground)
-    pred_fg = int(c[p != 0].sum()) if pred_foreground is None else int(pred_foreground)
-    union = true_fg + pred_fg - both
-    return both / union if union > 0 else 1.0
-
-
-def foreground_iou(truth: np.ndarray, prediction: np.ndarray) -> float:
-    """IoU of ``truth > 0`` and ``prediction > 0`` (1.0 when both are empty).
-
-    Examples
-    --------
-    >>> foreground_iou(np.array([1, 1, 0, 0]), np.array([0, 2, 3, 0]))
-    0.3333333333333333
-    """
-    return foreground_iou_from_overlaps(*overlap_table(truth, prediction))
 
 
 # -- a pipeline run: stored contingency tables + RAG node sizes + LUTs ---------
@@ -673,20 +460,3 @@ def matching_of_run(run, thresholds: Sequence[float], criterion: str = "iou") ->
         "ground_truth": str(run.ground_truth.url),
         "segmentations": segmentations,
     }
-
-
-def format_matching(table: dict) -> str:
-    """Printable matching table: a row per segmentation, precision / recall / F1 / PQ per IoU threshold."""
-    thresholds = table["iou_thresholds"]
-    head = f"{'threshold':>10} {'fg_iou':>7}" + "".join(
-        f" {'P@' + format(t, 'g'):>7} {'R@' + format(t, 'g'):>7} {'F1@' + format(t, 'g'):>7} {'PQ@' + format(t, 'g'):>7}"
-        for t in thresholds
-    )
-    lines = [head]
-    for name, entry in table["segmentations"].items():
-        row = f"{name:>10} {entry['foreground_iou']:7.4f}"
-        for t in thresholds:
-            s = entry["matching"][repr(float(t))]
-            row += f" {s['precision']:7.4f} {s['recall']:7.4f} {s['f1']:7.4f} {s['panoptic_quality']:7.4f}"
-        lines.append(row)
-    return "\n".join(lines)
