@@ -18,16 +18,12 @@ with :class:`NoWorkers` instead of waiting forever.
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import re
-import signal
 import socket
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from distributed import Client, wait
@@ -36,98 +32,32 @@ from tqdm import tqdm
 
 from blockseg.blocks import Block, BlockGrid
 from blockseg.graph.base import BlockOutput, GraphStore
+from blockseg.stage_errors import (  # noqa: F401
+    RESOURCE_ERRNOS,
+    BlockFailure,
+    NoWorkers,
+    ResourceError,
+    StageFailed,
+    StageReport,
+    resource_problem,
+)
+from blockseg.worker_watch import (  # noqa: F401
+    WATCH_INTERVAL,
+    _abandon,
+    _accepts_n_workers,
+    _executing,
+    _last_line,
+    _mib,
+    _processing_on,
+    _total_threads,
+    _WorkerDeaths,
+    _WorkerWatch,
+    workers_info,
+)
 
 log = logging.getLogger("blockseg")
 
 BlockFunction = Callable[[Block], BlockOutput]
-
-
-@dataclass
-class BlockFailure:
-    """A block that failed on every attempt."""
-
-    block_id: int
-    roi: str
-    worker: str
-    attempts: int
-    traceback: str
-
-    def describe(self) -> str:
-        return (
-            f"block {self.block_id} (write ROI {self.roi}) failed {self.attempts} time(s), "
-            f"last on {self.worker}:\n{self.traceback}"
-        )
-
-
-@dataclass
-class StageReport:
-    """What happened when a stage ran."""
-
-    stage: str
-    total: int
-    skipped: int = 0
-    submitted: int = 0
-    succeeded: int = 0
-    seconds: float = 0.0
-    failures: list[BlockFailure] = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
-
-    def summary(self) -> str:
-        text = (
-            f"{self.stage}: {self.succeeded} block(s) done, {self.skipped} already done, "
-            f"{self.submitted} submitted, in {self.seconds:.1f} s"
-        )
-        if self.failures:
-            text += f"; {len(self.failures)} FAILED"
-        return text
-
-
-class StageFailed(RuntimeError):
-    """Some blocks of a stage failed on every attempt."""
-
-    def __init__(self, report: StageReport) -> None:
-        self.report = report
-        lines = [f"stage {report.stage}: {len(report.failures)} of {report.total} block(s) failed"]
-        lines += [failure.describe() for failure in report.failures]
-        super().__init__("\n".join(lines))
-
-
-class ResourceError(RuntimeError):
-    """A block could not write: no space left, quota exceeded, permission denied.
-
-    Raised once the blocks in flight have finished (no new block starts:
-    every one would fail alike); ``str()`` is one line naming the path and
-    how many blocks of the stage are done.
-    """
-
-    def __init__(self, stage: str, problem: str, done: int, total: int) -> None:
-        self.stage, self.problem, self.done, self.total = stage, problem, done, total
-        super().__init__(
-            f"{stage}: {problem}; {done} of {total} block(s) of the stage done, "
-            "the rerun resumes from there once that is fixed"
-        )
-
-
-#: errno values that no retry can cure: the storage, not the block, is at fault.
-RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
-
-
-def resource_problem(error: BaseException) -> str | None:
-    """One line ("no space left on device: PATH") if ``error`` or its causes is a resource error."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in RESOURCE_ERRNOS:
-            what = os.strerror(error.errno).lower()
-            where = error.filename if error.filename is not None else "unknown path"
-            return f"{what}: {where}"
-        error = error.__cause__ or error.__context__
-    return None
-
-
-class NoWorkers(RuntimeError):
-    """No worker is left that could run a block, and none came back in time."""
-
 
 #: Seconds a stage waits while the cluster has no usable worker before it gives up.
 WORKER_WAIT = 180.0
@@ -172,23 +102,6 @@ def _run_block(function: BlockFunction, block: Block, start_mark: tuple[str, str
         return _Attempt(True, function(block), worker)
     except Exception as error:  # noqa: BLE001 - every failure of a block is reported, not raised
         return _Attempt(False, None, worker, traceback.format_exc(), resource_problem(error))
-
-
-def workers_info(client: Client) -> dict[str, dict]:
-    """Every worker's info (newer distributed lists only a few unless asked for all)."""
-    info = client.scheduler_info(n_workers=-1) if _accepts_n_workers(client) else client.scheduler_info()
-    return info.get("workers", {})
-
-
-def _total_threads(client: Client) -> int:
-    threads = sum(w.get("nthreads", 1) for w in workers_info(client).values())
-    return max(1, threads)
-
-
-def _accepts_n_workers(client: Client) -> bool:
-    import inspect
-
-    return "n_workers" in inspect.signature(client.scheduler_info).parameters
 
 
 def run_stage(
@@ -402,183 +315,6 @@ def run_stage(
     if report.failures:
         raise StageFailed(report)
     return report
-
-
-#: Seconds between the driver's looks at the cluster while no block finishes.
-WATCH_INTERVAL = 2.0
-
-
-class _WorkerWatch:
-    """Notices a cluster on which no block can run any more (so the stage never waits forever).
-
-    Two states count: no worker at all (the last one died and none came
-    back, or none could start) and every worker paused at its memory limit
-    with nothing executing (a paused worker takes no new block until its
-    memory falls, which it may never do).
-    """
-
-    def __init__(self, wait_seconds: float) -> None:
-        self.wait_seconds = wait_seconds
-        self.since: float | None = None
-
-    def progress(self) -> None:
-        self.since = None
-
-    def check(self, client: Client, deaths: "_WorkerDeaths") -> None:
-        try:
-            workers = workers_info(client)
-        except Exception:  # noqa: BLE001 - a scheduler that does not answer is no worker either
-            workers = {}
-        if workers:
-            paused = [w for w in workers.values() if w.get("status") == "paused"]
-            executing = sum(_executing(w) for w in workers.values())
-            if len(paused) < len(workers) or executing:
-                self.since = None
-                return
-            memory = max(w.get("metrics", {}).get("memory", 0) for w in paused)
-            limit = max(w.get("memory_limit") or 0 for w in paused)
-            problem = (
-                f"all {len(paused)} worker(s) are paused at their memory limit "
-                f"({_mib(memory)} of {_mib(limit)}) with no block running"
-            )
-        else:
-            last = deaths.last_cause()
-            problem = "no dask worker is left" + (f" (the last one: {last})" if last else "")
-        now = time.monotonic()
-        if self.since is None:
-            self.since = now
-        elif now - self.since > self.wait_seconds:
-            raise NoWorkers(
-                f"{problem} for {self.wait_seconds:g} s, so no block can run; "
-                "give the workers more memory or use smaller blocks, then rerun to resume"
-            )
-
-
-def _executing(worker: dict) -> int:
-    counts = worker.get("metrics", {}).get("task_counts", {})
-    return int(counts.get("executing", 0)) + int(worker.get("metrics", {}).get("executing", 0) or 0)
-
-
-def _mib(nbytes: float) -> str:
-    return f"{nbytes / 2**20:.0f} MiB"
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no message"
-
-
-class _WorkerDeaths(logging.Handler):
-    """Why workers died: the nanny's memory event (any cluster) or its log line (nannies in this process).
-
-    A nanny that stops its worker at the memory limit logs a
-    ``worker-restart-memory`` event on the scheduler, which reaches the
-    driver wherever the worker ran. A worker killed by a signal (a segfault,
-    the kernel's OOM killer) is only logged by its nanny; on a local cluster
-    the nannies live in the driver's process, so this handler reads it there.
-    """
-
-    _MEMORY = re.compile(r"Worker (\S+) \(pid=(\d+)\) exceeded (\d+)% memory budget")
-    _EXIT = re.compile(r"Worker process (\d+) (?:was killed by signal (\d+)|exited with status (\d+)|was killed by unknown)")
-    _LOGGERS = ("distributed.nanny", "distributed.nanny.memory")
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.by_pid: dict[int, str] = {}
-        self.memory_pids: set[int] = set()
-        self.last: str | None = None
-
-    def install(self) -> None:
-        for name in self._LOGGERS:
-            logging.getLogger(name).addHandler(self)
-
-    def uninstall(self) -> None:
-        for name in self._LOGGERS:
-            logging.getLogger(name).removeHandler(self)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a log record we cannot format tells us nothing
-            return
-        memory = self._MEMORY.search(message)
-        if memory:
-            self.memory_pids.add(int(memory.group(2)))
-            return
-        exit_ = self._EXIT.search(message)
-        if exit_:
-            pid = int(exit_.group(1))
-            if exit_.group(2):
-                number = int(exit_.group(2))
-                try:
-                    name = signal.Signals(number).name
-                except ValueError:
-                    name = "an unknown signal"
-                self.by_pid[pid] = f"killed by signal {number} ({name})"
-            elif exit_.group(3):
-                self.by_pid[pid] = f"exited with status {exit_.group(3)}"
-            else:
-                self.by_pid[pid] = "killed by an unknown signal"
-
-    def cause(self, client: Client, error: KilledWorker) -> tuple[str, str]:
-        """The dead worker's address and one line on why it died."""
-        last = error.last_worker
-        address = getattr(last, "address", None) or "unknown worker"
-        pid = getattr(last, "pid", None)
-        limit = getattr(last, "memory_limit", 0) or 0
-        cause = None
-        # The nanny's log line and event may trail the scheduler's news of the death a little.
-        for _ in range(10):
-            cause = self._memory_cause(client, address, pid, limit) or (
-                f"worker died: {self.by_pid[pid]}" if pid in self.by_pid else None
-            )
-            if cause:
-                break
-            time.sleep(0.1)
-        if cause is None:
-            cause = "worker died (no cause known: killed from outside, or its node failed; see the worker logs)"
-        self.last = cause
-        return address, cause
-
-    def _memory_cause(self, client: Client, address: str, pid: int | None, limit: int) -> str | None:
-        rss = None
-        if pid in self.memory_pids:
-            rss = 0
-        try:
-            events = client.get_events("worker-restart-memory")
-        except Exception:  # noqa: BLE001 - an older scheduler without events: the log line may still tell
-            events = ()
-        for _, event in events:
-            if isinstance(event, dict) and (event.get("worker") == address or event.get("pid") == pid):
-                rss = event.get("rss", 0)
-        if rss is None:
-            return None
-        used = f" (its process used {_mib(rss)})" if rss else ""
-        return f"worker died: memory limit {_mib(limit)} exceeded{used}"
-
-    def last_cause(self) -> str | None:
-        return self.last
-
-
-def _processing_on(dask_scheduler, key: str) -> str | None:
-    task = dask_scheduler.tasks.get(key)
-    return task.processing_on.address if task is not None and task.processing_on is not None else None
-
-
-def _abandon(client: Client, future) -> str:
-    """Cancel a hung block and restart the worker that runs it; return that worker."""
-    worker = None
-    try:
-        worker = client.run_on_scheduler(_processing_on, key=future.key)
-    except Exception:  # noqa: BLE001 - the scheduler may already have moved on
-        worker = None
-    client.cancel(future)
-    if worker:
-        try:
-            client.restart_workers([worker], timeout=120)
-        except Exception as error:  # noqa: BLE001 - a worker without a nanny cannot restart
-            log.warning("could not restart worker %s after a hung block: %s", worker, error)
-    return worker or "unknown"
 
 
 def _take(iterator: Iterator[int], count: int) -> list[int]:
