@@ -62,6 +62,17 @@ class Run:
             return self.input_boundaries, sources.BOUNDARIES
         return self.affinities, sources.AFFINITIES
 
+    def source_arguments(self) -> dict:
+        """What the fragments and agglomerate block functions are bound with to read their input."""
+        volume, kind = self.source
+        return {
+            "source_url": volume.url,
+            "source_kind": kind,
+            "mask_url": self.mask.url if self.mask is not None else None,
+            "fragments_url": self.fragments_url,
+            "ids_per_block": self.ids_per_block,
+        }
+
     @property
     def fragment_stage(self) -> str:
         """The stage whose pieces the segments, relabel and evaluate stages read."""

@@ -65,12 +65,18 @@ def read_affinities(volume: Volume, kind: str, roi: Roi) -> np.ndarray:
     """
     if kind == AFFINITIES:
         return volume.read(roi)[:3]
+    return _from_boundaries(volume, kind, roi)[0]
+
+
+def _from_boundaries(volume: Volume, kind: str, roi: Roi) -> tuple[np.ndarray, np.ndarray]:
+    """Derived affinities ``(3, z, y, x)`` and the boundary map of ``roi``, from one read."""
     if kind != BOUNDARIES:
         raise ValueError(f"unknown source kind {kind!r}")
     # one voxel more on the low faces: each voxel's affinity looks one step back
-    boundary = read_boundary_map(volume, roi.grow(volume.voxel_size, (0,) * len(volume.voxel_size)))
-    inner = (slice(None),) + (slice(1, None),) * boundary.ndim
-    return np.ascontiguousarray(fragments_worker.affinities_from_boundaries(boundary)[inner])
+    grown = read_boundary_map(volume, roi.grow(volume.voxel_size, (0,) * len(volume.voxel_size)))
+    inner = (slice(1, None),) * grown.ndim
+    affinities = fragments_worker.affinities_from_boundaries(grown)[(slice(None),) + inner]
+    return np.ascontiguousarray(affinities), np.ascontiguousarray(grown[inner])
 
 
 def read_block_inputs(
@@ -88,8 +94,7 @@ def read_block_inputs(
         mean = fragments_worker.mean_affinity(stored)
         affinities = as_float(stored) if need_affinities else None
         return affinities, np.float32(1) - mean, mean
-    affinities = read_affinities(volume, kind, roi)
-    boundary = read_boundary_map(volume, roi)
+    affinities, boundary = _from_boundaries(volume, kind, roi)
     return affinities, boundary, affinities.mean(axis=0, dtype=np.float32)
 
 

@@ -92,15 +92,20 @@ def _distance_watershed(
     return seeded_watershed(levels, seeds, mask=mask)
 
 
+def _flood_levels(boundary: np.ndarray, voxel_size: Sequence[float], smooth_sigma: float) -> np.ndarray:
+    """The boundary map smoothed (Gaussian, ``smooth_sigma`` nm) and quantised to 256 levels for the flood."""
+    if smooth_sigma > 0:
+        sigma = tuple(smooth_sigma / v for v in voxel_size)
+        boundary = ndimage.gaussian_filter(boundary, sigma, mode="nearest", truncate=3.0)
+    return quantize(boundary, 0.0, 1.0, 256)
+
+
 def _boundary_watershed(
     boundary: np.ndarray, voxel_size: Sequence[float], min_seed_distance: float, smooth_sigma: float,
     mask: np.ndarray | None,
 ) -> np.ndarray:
     """Seeded watershed of one 2D or 3D boundary map in [0, 1]; labels 1..n, int64."""
-    if smooth_sigma > 0:
-        sigma = tuple(smooth_sigma / v for v in voxel_size)
-        boundary = ndimage.gaussian_filter(boundary, sigma, mode="nearest", truncate=3.0)
-    levels = quantize(boundary, 0.0, 1.0, 256)
+    levels = _flood_levels(boundary, voxel_size, smooth_sigma)
     lowest = ndimage.minimum_filter(levels, size=_seed_footprint(min_seed_distance, voxel_size), mode="nearest")
     minima = levels == lowest
     if mask is not None:
@@ -131,10 +136,7 @@ def _mutex_fragments(
         return pieces
     sizes = np.bincount(pieces.ravel())
     pieces[sizes[pieces] < min_size] = 0
-    levels = boundary[index]
-    if smooth_sigma > 0:
-        levels = ndimage.gaussian_filter(levels, tuple(smooth_sigma / v for v in voxel_size), mode="nearest", truncate=3.0)
-    return seeded_watershed(quantize(levels, 0.0, 1.0, 256), pieces, mask=mask)
+    return seeded_watershed(_flood_levels(boundary[index], voxel_size, smooth_sigma), pieces, mask=mask)
 
 
 def boundary_from_affinities(affinities: np.ndarray) -> np.ndarray:

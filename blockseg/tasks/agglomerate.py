@@ -63,11 +63,7 @@ STAGE = Stage(
     context=_agglomerate_context,
     block_function=lambda run: functools.partial(
         agglomerate_block,
-        source_url=run.source[0].url,
-        source_kind=run.source[1],
-        mask_url=run.mask.url if run.mask is not None else None,
-        fragments_url=run.fragments_url,
-        ids_per_block=run.ids_per_block,
+        **run.source_arguments(),
         scoring=run.config.stages.agglomerate.scoring,
         discretize_queue=run.config.stages.agglomerate.discretize_queue,
     ),

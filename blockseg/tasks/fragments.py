@@ -133,11 +133,7 @@ STAGE = Stage(
     context=_fragments_context,
     block_function=lambda run: functools.partial(
         fragments_block,
-        source_url=run.source[0].url,
-        source_kind=run.source[1],
-        mask_url=run.mask.url if run.mask is not None else None,
-        fragments_url=run.fragments_url,
-        ids_per_block=run.ids_per_block,
+        **run.source_arguments(),
         **run.config.stages.fragments.model_dump(exclude={"context", "ids_per_block", "chunk_shape"}),
     ),
 )

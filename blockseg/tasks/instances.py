@@ -16,14 +16,9 @@ from blockseg.config import ConfigError, PipelineConfig
 from blockseg.graph.base import BlockOutput, Nodes
 from blockseg.run_state import InputError, Run, chunk_shape
 from blockseg.task import OutputSpec, Stage
+from blockseg.sources import as_float
 from blockseg.volume import Volume, open_volume
 from workers import fragments as fragments_worker
-
-
-def _as_float_affinities(affs: np.ndarray) -> np.ndarray:
-    if affs.dtype == np.uint8:
-        return affs.astype(np.float32) / np.float32(255)
-    return affs.astype(np.float32, copy=False)
 
 
 def _instances_block(
@@ -64,7 +59,7 @@ def _mutex_watershed(affs: np.ndarray, offsets, bias, attractive, strides, rando
     from workers import mutex
 
     return mutex.mutex_watershed(
-        _as_float_affinities(affs), offsets, bias=bias, attractive=attractive, strides=strides,
+        as_float(affs), offsets, bias=bias, attractive=attractive, strides=strides,
         randomize_strides=randomize_strides, seed=seed,
     )
 
@@ -124,7 +119,7 @@ def _segment_channels(channels: np.ndarray, channel_set: str, parameters: dict, 
 
     # D / Dv2 are distances, not probabilities: only uint8 storage is rescaled
     return channel_instances.segment_channels(
-        _as_float_affinities(channels), channel_set, voxel_size=voxel_size, **parameters
+        as_float(channels), channel_set, voxel_size=voxel_size, **parameters
     )
 
 
