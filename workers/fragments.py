@@ -304,13 +304,23 @@ def make_ids_global(fragments: np.ndarray, block_id: int, ids_per_block: int) ->
     ValueError
         If the block has more fragments than ``ids_per_block`` allows.
     """
+    local, _ = _local_ids(fragments, block_id, ids_per_block)
+    return _add_block_base(local, block_id, ids_per_block)
+
+
+def _local_ids(fragments: np.ndarray, block_id: int, ids_per_block: int) -> tuple[np.ndarray, int]:
+    """Ids renumbered 1..n in order of first appearance (0 stays 0), and n; n must fit the block's id range."""
     local, _ = fastremap.renumber(np.ascontiguousarray(fragments, dtype=np.uint64), preserve_zero=True)
-    local = local.astype(np.uint64, copy=False)
     count = int(local.max(initial=0))
     if count >= ids_per_block:
         raise ValueError(f"block {block_id} has {count} fragments, more than ids_per_block={ids_per_block} allows")
-    out = local.copy()
-    out[local > 0] += np.uint64(block_id) * np.uint64(ids_per_block)
+    return local, count
+
+
+def _add_block_base(local: np.ndarray, block_id: int, ids_per_block: int) -> np.ndarray:
+    """``local`` as uint64 with ``block_id * ids_per_block`` added to every non-zero id."""
+    out = local.astype(np.uint64)
+    np.add(out, np.uint64(block_id) * np.uint64(ids_per_block), out=out, where=out != 0)
     return out
 
 
@@ -364,16 +374,11 @@ def global_fragments_and_nodes(
         The relabelled block (uint64), then per fragment, sorted by id: its
         id, centre in nm ``(n, 3)``, size in voxels and mean of ``values``.
     """
-    local, _ = fastremap.renumber(np.ascontiguousarray(fragments, dtype=np.uint64), preserve_zero=True)
-    count = int(local.max(initial=0))
-    if count >= ids_per_block:
-        raise ValueError(f"block {block_id} has {count} fragments, more than ids_per_block={ids_per_block} allows")
+    local, count = _local_ids(fragments, block_id, ids_per_block)
     # one fixed dtype: numba compiles (and caches) one version per argument type
     sizes, coordinates, totals = _label_sums(local.astype(np.uint32, copy=False), count, np.asarray(values, np.float32))
-    base = np.uint64(block_id) * np.uint64(ids_per_block)
-    out = local.astype(np.uint64)
-    np.add(out, base, out=out, where=out != 0)
-    ids = np.arange(1, count + 1, dtype=np.uint64) + base
+    out = _add_block_base(local, block_id, ids_per_block)
+    ids = np.arange(1, count + 1, dtype=np.uint64) + np.uint64(block_id) * np.uint64(ids_per_block)
     sizes = sizes[1:]
     centers = (coordinates[1:] / np.maximum(sizes, 1)[:, None] + 0.5) * np.asarray(voxel_size, np.float64)
     centers += np.asarray(offset, np.float64)
