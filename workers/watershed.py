@@ -7,12 +7,13 @@ queue per level floods the same way in time linear in the voxels. This module
 is that flood, compiled with numba, plus the quantisation that turns a float
 image into levels.
 
-The flood is the classic priority flood: seeds start in the queue of their own
-level; a voxel taken from the queue gives its label to each unlabelled
-face neighbour (6-connectivity in 3D, 4 in 2D) and queues it at its level, or
-at the current level if that is higher (a basin never floods downhill past a
-ridge it has already crossed). Ties are first in, first out, so the result is
-deterministic. Voxels outside ``mask`` stay 0 and stop the flood.
+The flood is the classic priority flood, as scikit-image's heap keyed by
+(level, age) does it: seeds start in the queue of their own level; a voxel
+taken from the lowest non-empty queue gives its label to each unlabelled face
+neighbour (6-connectivity in 3D, 4 in 2D) and queues it at the neighbour's own
+level, so a neighbour below the current level is taken next. Ties are first
+in, first out, so the result is deterministic. Voxels outside ``mask`` stay 0
+and stop the flood.
 
 Examples
 --------
@@ -95,10 +96,10 @@ def seeded_watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray | 
         raise ValueError(f"image shape {image.shape} and markers shape {markers.shape} differ")
     if image.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"image must be uint8 or uint16 levels, got {image.dtype}; see quantize()")
-    # A border of -1 around the volume stops the flood without a bounds check
-    # per neighbour: a voxel's neighbours are then plain offsets in the flat array.
     if markers.max(initial=0) >= 2**31:
         raise ValueError("markers must be below 2**31")
+    # A border of -1 around the volume stops the flood without a bounds check
+    # per neighbour: a voxel's neighbours are then plain offsets in the flat array.
     labels = np.pad(markers.astype(np.int32, copy=False), 1, constant_values=-1)
     inner = tuple(slice(1, -1) for _ in range(image.ndim))
     if mask is not None:
