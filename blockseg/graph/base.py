@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Iterator, Protocol, Sequence
 
 import networkx as nx
 import numpy as np
@@ -188,6 +188,16 @@ class GraphStore(Protocol):
 
     def iter_edges(self, chunk_size: int = 1_000_000) -> Iterator[Edges]:
         """All edges, in chunks of numpy arrays, without Python objects per edge."""
+
+    def edge_block_ids(self, stage: str) -> list[int]:
+        """Ids of the blocks of ``stage`` whose edges :meth:`read_block_edges` can read (sorted)."""
+
+    def read_block_edges(self, stage: str, block_ids: Sequence[int]) -> Edges:
+        """The edges written by blocks ``block_ids`` of ``stage`` (any order; missing blocks read as none).
+
+        Safe to call on a worker, on a store reopened there from its URL
+        (:func:`blockseg.graph.open_store`).
+        """
 
     def read_graph(self, roi: Roi | None = None) -> nx.Graph: ...
 

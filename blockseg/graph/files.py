@@ -22,7 +22,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import networkx as nx
 import numpy as np
@@ -203,6 +203,24 @@ class FileGraphStore(LutFolder):
 
     def iter_edges(self, chunk_size: int = 1_000_000) -> Iterator[Edges]:
         return chunked_edges((self._load_edges(path) for _, _, path in self._block_files()), chunk_size)
+
+    def edge_block_ids(self, stage: str) -> list[int]:
+        """Ids of the blocks of ``stage`` that are done (sorted); those without edges read as empty."""
+        return sorted(self.done_blocks(stage))
+
+    def read_block_edges(self, stage: str, block_ids: Sequence[int]) -> Edges:
+        """The edges that blocks ``block_ids`` of ``stage`` wrote, block by block in the order given."""
+        folder = self._stage_dir(stage)
+        parts = []
+        for block_id in block_ids:
+            path = folder / f"{int(block_id)}.npz"
+            try:
+                edges = self._load_edges(path)
+            except FileNotFoundError:
+                continue
+            if edges is not None:
+                parts.append(edges)
+        return concatenate_edges(parts)
 
     def read_graph(self, roi: Roi | None = None) -> nx.Graph:
         return graph_from(self.read_nodes(roi), self.read_edges(roi))

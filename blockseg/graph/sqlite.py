@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import sqlite3
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import networkx as nx
 import numpy as np
@@ -110,6 +110,10 @@ class SqliteGraphStore(LutFolder):
 
     def __repr__(self) -> str:
         return f"SqliteGraphStore({str(self.path)!r})"
+
+    def __reduce__(self):
+        # a pickled store (sent to a worker) reopens the file there, for reading
+        return (SqliteGraphStore, (self.path,))
 
     def _table_columns(self, table: str) -> list[str]:
         return [row[1] for row in self._db.execute(f"PRAGMA table_info({table})")]
@@ -272,6 +276,24 @@ class SqliteGraphStore(LutFolder):
             for u, v, score, attrs in cursor
         )
         return chunked_edges(blocks, chunk_size)
+
+    def edge_block_ids(self, stage: str) -> list[int]:
+        """Ids of the blocks of ``stage`` that wrote edges (sorted)."""
+        rows = self._db.execute("SELECT block FROM edge_blocks WHERE stage = ? ORDER BY block", (stage,))
+        return [row[0] for row in rows]
+
+    def read_block_edges(self, stage: str, block_ids: Sequence[int]) -> Edges:
+        """The edges that blocks ``block_ids`` of ``stage`` wrote, block by block in the order given."""
+        parts = []
+        for block_id in block_ids:
+            row = self._db.execute(
+                "SELECT u, v, score, attrs FROM edge_blocks WHERE stage = ? AND block = ?", (stage, int(block_id))
+            ).fetchone()
+            if row is not None:
+                u, v, score, attrs = row
+                parts.append(Edges(np.frombuffer(u, dtype=np.uint64), np.frombuffer(v, dtype=np.uint64),
+                                   np.frombuffer(score, dtype=np.float32), _unpack(attrs)))
+        return concatenate_edges(parts)
 
     def read_graph(self, roi: Roi | None = None) -> nx.Graph:
         """A networkx graph of the nodes inside ``roi`` and their edges."""
