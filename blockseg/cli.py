@@ -101,7 +101,10 @@ def _run_locked(config, stages: Sequence[str] | None, restart: bool) -> int:
         print(report.summary())
     if run.scores is not None:
         print(format_scores(run.scores))
-        print(f"scores: {config.output_dir / 'scores.json'}")
+        from blockseg.plots import write_scores_png
+
+        png = write_scores_png(run.scores, config.output_dir)  # None (and a warning) without matplotlib
+        print(f"scores: {config.output_dir / 'scores.json'}" + (f", {png}" if png else ""))
     print(f"outputs: {config.volumes_url} (fragments, segmentation/threshold_*), "
           f"graph: {config.graph_url}, in {time.perf_counter() - start:.1f} s")
     return 0
