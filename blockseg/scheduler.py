@@ -1,9 +1,12 @@
 """Run one stage over a block grid on a dask ``distributed`` client.
 
 The driver feeds blocks to the cluster through a bounded window drawn lazily
-from the grid, so it never builds a task graph of all blocks; it skips the
-blocks the ledger marks done; and it alone commits each finished block's graph
-rows together with its done mark. A block that raises is retried; one that
+from the grid, so it never builds a task graph of all blocks, and it skips the
+blocks the ledger marks done. A block's graph rows and its done mark reach the
+store in one commit: made by the worker itself where the store takes
+concurrent writers (``store.workers_write``: the file and PostgreSQL stores),
+so the driver only learns that the block is done and never holds its rows;
+made by the driver for SQLite, which keeps a single writer. A block that raises is retried; one that
 keeps failing is reported (id, ROI, worker, traceback) once every other block
 has finished, and the stage then raises :class:`StageFailed`.
 
@@ -73,16 +76,25 @@ class _Attempt:
     worker: str
     error: str = ""
     resource: str | None = None  # one line when the storage, not the block, failed
+    committed: bool = False  # the worker committed the block itself; output holds its stats only
 
 
 START_MARKS = "blockseg-started"
 
 
-def _run_block(function: BlockFunction, block: Block, start_mark: tuple[str, str] | None = None) -> _Attempt:
+def _run_block(
+    function: BlockFunction,
+    block: Block,
+    start_mark: tuple[str, str] | None = None,
+    commit: tuple[str, GraphStore] | None = None,
+) -> _Attempt:
     """Run on a worker: never raise, so the driver sees the worker and traceback.
 
     With ``start_mark`` the block first tells the scheduler it has started,
     so the driver's timeout counts running time, not time in the queue.
+    With ``commit = (stage, store)`` the worker commits the block's rows and
+    done mark itself and returns only its stats: the rows never travel to the
+    driver. A failed commit is a failed attempt like a block that raises.
     """
     worker = socket.gethostname()
     try:
@@ -99,7 +111,12 @@ def _run_block(function: BlockFunction, block: Block, start_mark: tuple[str, str
         except Exception:  # noqa: BLE001 - without the mark the block only times out later
             pass
     try:
-        return _Attempt(True, function(block), worker)
+        output = function(block)
+        if commit is None:
+            return _Attempt(True, output, worker)
+        stage, store = commit
+        store.commit_block(stage, block.block_id, output)
+        return _Attempt(True, BlockOutput(stats=output.stats), worker, committed=True)
     except Exception as error:  # noqa: BLE001 - every failure of a block is reported, not raised
         return _Attempt(False, None, worker, traceback.format_exc(), resource_problem(error))
 
@@ -134,7 +151,9 @@ def run_stage(
         ``function(block) -> BlockOutput``; runs on a worker, so it must be
         picklable (a module-level function or a ``functools.partial`` of one).
     store : GraphStore
-        Receives each block's output and done mark in one commit.
+        Receives each block's output and done mark in one commit: on the
+        worker if ``store.workers_write`` (the store is pickled to it and
+        reopens there), else in this process.
     retries : int
         How many times a failing block is tried again. A block that was
         running when its worker died (memory limit, a signal) counts as failed.
@@ -181,6 +200,7 @@ def run_stage(
     in_flight: dict = {}
     run_id = uuid.uuid4().hex
     resource_failures: list[tuple[int, _Attempt]] = []
+    commit_on_worker = (stage, store) if getattr(store, "workers_write", False) else None
 
     def refill(count: int) -> None:
         # after a resource error no new block starts: each would fail alike
@@ -197,7 +217,7 @@ def run_stage(
         # Every block marks its start: the timeout counts from it, and a
         # worker's death is blamed only on the blocks that had started on it.
         future = client.submit(
-            _run_block, function, grid.block(block_id), (run_id, key), key=key, pure=False, retries=0,
+            _run_block, function, grid.block(block_id), (run_id, key), commit_on_worker, key=key, pure=False, retries=0,
             resources=resources or None,
         )
         in_flight[future] = (block_id, None)
@@ -205,7 +225,8 @@ def run_stage(
     def settle(block_id: int, attempt: _Attempt, refill_window: bool = True) -> None:
         if attempt.ok:
             assert attempt.output is not None
-            store.commit_block(stage, block_id, attempt.output)
+            if not attempt.committed:
+                store.commit_block(stage, block_id, attempt.output)
             _accumulate(report.stats, attempt.output.stats)
             report.succeeded += 1
             bar.update(1)

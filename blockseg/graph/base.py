@@ -166,6 +166,9 @@ class GraphStore(Protocol):
     """What blockseg needs from a graph store."""
 
     url: str
+    #: Whether workers commit their own blocks (the store is pickled to them and
+    #: reopens there); otherwise the driver commits every block.
+    workers_write: bool
 
     def commit_block(self, stage: str, block_id: int, output: BlockOutput) -> None:
         """Replace the block's rows of ``stage`` and mark it done, atomically."""

@@ -63,6 +63,9 @@ class FileGraphStore(LutFolder):
         The folder; created if needed.
     """
 
+    #: Workers commit their own blocks: each block is its own file, renamed into place.
+    workers_write = True
+
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.url = f"file://{self.root}"

@@ -88,6 +88,9 @@ class SqliteGraphStore(LutFolder):
         gives a throwaway store.
     """
 
+    #: One writer: the driver commits every block (workers would wait on the file's lock).
+    workers_write = False
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
