@@ -31,10 +31,10 @@ from typing import Callable, Iterable, Iterator
 
 from distributed import Client, wait
 from distributed.scheduler import KilledWorker
-from tqdm import tqdm
 
 from blockseg.blocks import Block, BlockGrid
 from blockseg.graph.base import BlockOutput, GraphStore
+from blockseg.terminal import progress_bar
 from blockseg.stage_errors import (  # noqa: F401
     RESOURCE_ERRNOS,
     BlockFailure,
@@ -192,10 +192,8 @@ def run_stage(
     window = window_per_thread * _total_threads(client)
     attempts: dict[int, int] = {}  # failed attempts that count against `retries`, plus the running one
     submissions: dict[int, int] = {}  # every submission, for unique task keys
-    bar = tqdm(
-        total=len(wanted), initial=report.skipped, desc=stage, unit="block", disable=not progress, leave=True,
-        dynamic_ncols=True,
-    )
+    # drawn on a terminal only, and cleared at the end: the summary line logged below stays, once
+    bar = progress_bar(total=len(wanted), initial=report.skipped, desc=stage, enabled=progress)
 
     in_flight: dict = {}
     run_id = uuid.uuid4().hex
