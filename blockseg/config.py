@@ -289,14 +289,14 @@ class PipelineConfig(_Strict):
     def graph_url(self) -> str:
         if not self.graph:
             return f"sqlite:///{self.output_dir / 'graph.db'}"
-        from blockseg.graph import StoreError, store_path
+        from blockseg.graph import StoreError, absolute_url
 
         try:
-            scheme, path = store_path(self.graph, self.base_dir)
+            # absolute from here on, so workers and later runs agree on the place;
+            # a PostgreSQL store keeps its LUTs beside the output
+            return absolute_url(self.graph, self.base_dir, luts=self.output_dir / "luts")
         except StoreError as error:
             raise ConfigError(f"config error: graph: {error}") from None
-        # absolute from here on, so workers and later runs agree on the place
-        return f"{scheme}:///{path}" if scheme == "sqlite" else f"file://{path}"
 
     @property
     def relabel_thresholds(self) -> list[float]:
