@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,26 @@ def client() -> Client:
 def client_one_worker() -> Client:
     with _cluster(1) as cluster, Client(cluster) as c:
         yield c
+
+
+# The tests' PostgreSQL credentials live in a password file named before any
+# worker process starts, so every worker (and every restarted one) finds it.
+os.environ["PGPASSFILE"] = str(Path(tempfile.gettempdir()) / f"blockseg-tests-{os.getpid()}.pgpass")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server on 127.0.0.1 for this session (tests/postgres_server.py), or a skip."""
+    import postgres_server
+
+    server = postgres_server.start()
+    if isinstance(server, str):
+        pytest.skip(f"no PostgreSQL server: {server}")
+    Path(os.environ["PGPASSFILE"]).write_text(server.pgpass.read_text())
+    Path(os.environ["PGPASSFILE"]).chmod(0o600)
+    yield server
+    server.stop()
+    Path(os.environ["PGPASSFILE"]).unlink(missing_ok=True)
 
 
 @pytest.fixture
