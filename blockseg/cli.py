@@ -16,9 +16,13 @@ from typing import Sequence
 from blockseg import __version__
 
 log = logging.getLogger("blockseg")
+#: what the console shows: logging.WARNING with --quiet, INFO, DEBUG with --verbose
+_console_level = logging.INFO
 
 
-def _setup_logging(log_dir: Path | None, verbose: bool) -> None:
+def _setup_logging(log_dir: Path | None, verbose: bool = False) -> None:
+    from blockseg.terminal import BarAwareHandler
+
     log.setLevel(logging.DEBUG)
     log.propagate = False
     for handler in list(log.handlers):
@@ -26,8 +30,9 @@ def _setup_logging(log_dir: Path | None, verbose: bool) -> None:
         handler.close()
     # The run's narrative goes to stdout; stderr carries only warnings and
     # errors (and progress bars), so a failure reads as the one line it is.
-    narrative = logging.StreamHandler(sys.stdout)
-    narrative.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # each line once: through the bar-aware handler, which clears a progress bar before it writes
+    narrative = BarAwareHandler(sys.stdout)
+    narrative.setLevel(logging.DEBUG if verbose else _console_level)
     narrative.addFilter(lambda record: record.levelno < logging.WARNING)
     narrative.setFormatter(logging.Formatter("blockseg: %(message)s"))
     log.addHandler(narrative)
@@ -52,7 +57,7 @@ def _parse_stages(text: str | None) -> list[str] | None:
 def _apply_overrides(config, args: argparse.Namespace):
     if getattr(args, "workers", None):
         config.cluster.local.workers = args.workers
-    if getattr(args, "no_progress", False):
+    if getattr(args, "no_progress", False) or getattr(args, "quiet", False):
         config.scheduler.progress = False
     return config
 
@@ -71,22 +76,65 @@ def format_scores(scores: dict) -> str:
     return "\n".join(lines)
 
 
-def _run(config, stages: Sequence[str] | None, restart: bool) -> int:
+def _refusals() -> tuple[type[Exception], ...]:
+    """The errors that refuse a config or an input (exit code 2)."""
+    from blockseg.config import ConfigError
+    from blockseg.graph import StoreError
+    from blockseg.pipeline import InputError
+    from blockseg.volume import VolumeError
+
+    return ConfigError, InputError, VolumeError, StoreError
+
+
+def _run(config, stages: Sequence[str] | None, restart: bool, report_config: Path | None = None) -> int:
+    """Run ``stages`` of ``config``; with ``report_config`` (the YAML's path) write report.html after it."""
     from blockseg.lock import OutputLock
+    from blockseg.refusal import NewPaths, run_paths
+    from blockseg.scheduler import StageFailed
 
-    # One run per output, taken before anything touches the store; a second
-    # run (or a --restart) is refused in one line naming the holder.
-    with OutputLock(config.output_dir, command=" ".join(["blockseg", *sys.argv[1:2]])):
-        return _run_locked(config, stages, restart)
+    # what the run may create, noted before it exists (a bad graph URL is refused right here)
+    created = NewPaths(run_paths(config))
+    state: dict = {}
+    try:
+        # One run per output, taken before anything touches the store; a second
+        # run (or a --restart) is refused in one line naming the holder.
+        with OutputLock(config.output_dir, command=" ".join(["blockseg", *sys.argv[1:2]])):
+            code = _run_locked(config, stages, restart, state)
+    except _refusals():
+        run = state.get("run")
+        if run is None or not any(r.succeeded for name, r in run.reports.items() if name != "check"):
+            # refused before any block was done: leave no empty folder or store behind
+            _setup_logging(None)  # closes the log file first
+            created.undo()
+        raise
+    except StageFailed:
+        if report_config is not None:
+            _write_report(config, report_config)  # the failed blocks and their reasons
+        raise
+    if report_config is not None:
+        _write_report(config, report_config)
+    return code
 
 
-def _run_locked(config, stages: Sequence[str] | None, restart: bool) -> int:
+def _write_report(config, config_path: Path) -> None:
+    from blockseg.report import write_report
+
+    print(f"report: {write_report(config, config_path)}")
+
+
+def _run_locked(config, stages: Sequence[str] | None, restart: bool, state: dict | None = None) -> int:
     from blockseg.cluster import open_client
     from blockseg.pipeline import open_run, run_pipeline
+    from blockseg.report import record_stages
 
     run = open_run(config, restart=restart)
-    _setup_logging(config.output_dir / "logs", verbose=False)
+    if state is not None:
+        state["run"] = run
+    _setup_logging(config.output_dir / "logs")
+    where = "" if config.graph else " (the default: inside the output folder)"
+    log.info("output %s; graph store %s%s", config.output_dir, config.graph_url, where)
     start = time.perf_counter()
+    failed = None
     try:
         with open_client(config.cluster, log_dir=config.output_dir / "logs") as client:
             from blockseg.memory import check_block_memory
@@ -94,13 +142,17 @@ def _run_locked(config, stages: Sequence[str] | None, restart: bool) -> int:
 
             # before any block runs: a block that cannot fit a worker would only kill it, retry after retry
             check_block_memory(run, select_stages(run, stages), client)
-            reports = run_pipeline(run, client, stages=stages, restart=restart)
+            run_pipeline(run, client, stages=stages, restart=restart)
+    except Exception as error:
+        failed = getattr(error, "report", None)  # StageFailed carries the failed stage's report
+        raise
     finally:
         run.store.close()
-    for report in reports.values():
-        print(report.summary())
+        # each stage's blocks and seconds, for blockseg report (the stage lines were logged as they ended)
+        record_stages(run, failed)
     if run.scores is not None:
-        print(format_scores(run.scores))
+        if _console_level <= logging.INFO:
+            print(format_scores(run.scores))
         from blockseg.plots import write_scores_png
 
         png = write_scores_png(run.scores, config.output_dir)  # None (and a warning) without matplotlib
@@ -114,7 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from blockseg.config import load_config
 
     config = _apply_overrides(load_config(args.config), args)
-    return _run(config, _parse_stages(args.stages), args.restart)
+    return _run(config, _parse_stages(args.stages), args.restart, Path(args.config) if args.report else None)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -197,9 +249,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     write_demo_inputs(folder, shape=args.shape, seed=args.seed)
     path = write_demo_config(folder)
     config = _apply_overrides(load_config(path), args)
-    code = _run(config, None, restart=args.restart)
+    code = _run(config, None, restart=args.restart, report_config=path if args.report else None)
     print(f"config: {path}\nlook at it in napari: see README.md, 'Looking at the result'")
     return code
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from blockseg.config import load_config
+    from blockseg.refusal import NewPaths, run_paths
+
+    config = load_config(args.config)
+    created = NewPaths(run_paths(config))  # a report never creates a run's folder or store
+    try:
+        _write_report(config, Path(args.config))
+    except _refusals():
+        created.undo()
+        raise
+    return 0
 
 
 def cmd_graph_export(args: argparse.Namespace) -> int:
@@ -232,7 +298,9 @@ def cmd_view(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port: {args.port} is outside 0..65535 (0 picks a free port)")
-    return view(config, port=args.port, open_browser=not args.no_browser, viewer_url=args.neuroglancer or NEUROGLANCER_URL)
+    viewer_url = NEUROGLANCER_URL if args.public else args.neuroglancer  # None: the client served beside the data
+    request_log = Path(args.request_log) if args.request_log else None
+    return view(config, port=args.port, open_browser=not args.no_browser, viewer_url=viewer_url, request_log=request_log)
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -250,11 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        loudness = p.add_mutually_exclusive_group()
+        loudness.add_argument("--quiet", "-q", action="store_true",
+                              help="no stage lines or progress bars: warnings, errors and where the results are")
+        loudness.add_argument("--verbose", "-v", action="store_true",
+                              help="also the debug lines (the tracebacks of retried blocks, ...)")
 
     run = sub.add_parser("run", help="run the pipeline of a config (resumes where it stopped)")
     run.add_argument("config", help="pipeline YAML")
     run.add_argument("--stages", help=f"comma-separated subset of stages to run")
     run.add_argument("--restart", action="store_true", help="redo the chosen stages from scratch")
+    run.add_argument("--report", action="store_true", help="write OUTPUT/report.html at the end (see blockseg report)")
     common(run)
     run.set_defaults(func=cmd_run)
 
@@ -287,14 +361,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--shape", type=int, nargs=3, default=[64, 192, 192], metavar=("Z", "Y", "X"))
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--restart", action="store_true")
+    demo.add_argument("--report", action="store_true", help="write OUTPUT/report.html at the end (see blockseg report)")
     common(demo)
     demo.set_defaults(func=cmd_demo)
+
+    report = sub.add_parser("report", help="one self-contained OUTPUT/report.html: stages, failures, scores, config, view")
+    report.add_argument("config")
+    report.set_defaults(func=cmd_report)
 
     view = sub.add_parser("view", help="serve the outputs on 127.0.0.1; print a neuroglancer link and a napari command")
     view.add_argument("config")
     view.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     view.add_argument("--no-browser", action="store_true", help="only print the link")
-    view.add_argument("--neuroglancer", metavar="URL", help="neuroglancer to link to (default: the public demo)")
+    where = view.add_mutually_exclusive_group()
+    where.add_argument("--public", action="store_true",
+                       help="link to the public neuroglancer site instead of the client served on 127.0.0.1")
+    where.add_argument("--neuroglancer", metavar="URL",
+                       help="another neuroglancer to link to (default: the client served beside the data)")
+    view.add_argument("--request-log", metavar="FILE", help="append every request the server answers to FILE")
     view.set_defaults(func=cmd_view)
 
     tasks = sub.add_parser("tasks", help="the built-in stages and installed tasks, with their parameters and defaults")
@@ -321,7 +405,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from blockseg.volume import VolumeError
 
     args = build_parser().parse_args(argv)
-    _setup_logging(None, verbose=False)
+    global _console_level
+    _console_level = logging.WARNING if getattr(args, "quiet", False) else (
+        logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
+    )
+    _setup_logging(None)
     try:
         return args.func(args)
     except (ConfigError, InputError, VolumeError, StoreError) as error:

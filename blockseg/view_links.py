@@ -24,6 +24,19 @@ from blockseg.view_layers import Layer
 NEUROGLANCER_URL = "https://neuroglancer-demo.appspot.com/"
 
 
+def local_viewer_url(base_url: str) -> str:
+    """Where ``blockseg view``'s server serves the neuroglancer client: ``base_url/neuroglancer/``.
+
+    Examples
+    --------
+    >>> local_viewer_url("http://127.0.0.1:8000")
+    'http://127.0.0.1:8000/neuroglancer/'
+    """
+    from blockseg.view_server import CLIENT_PREFIX
+
+    return f"{base_url.rstrip('/')}/{CLIENT_PREFIX}/"
+
+
 def _axis_names(layer: Layer) -> list[str]:
     return ["z", "y", "x"][-len(layer.voxel_size):]
 

@@ -5,10 +5,18 @@ needs on top: CORS headers on every answer, ``OPTIONS`` pre-flight answers
 and single ``Range`` requests (:class:`CorsRequestHandler`), the run's
 output folder at ``/`` and read-only mounts for inputs that lie outside it
 (:func:`start_server`), on 127.0.0.1 only.
+
+The neuroglancer client itself (the built static files that the
+``neuroglancer`` package ships, :func:`neuroglancer_client_dir`) is mounted
+at ``/neuroglancer/``, so the viewer and the data come from the same
+server and a node with no internet can show a run. A request log
+(``request_log``) records every answer, one line each, for checking what a
+browser asked for.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import posixpath
 import re
@@ -21,6 +29,32 @@ from pathlib import Path
 
 HOST = "127.0.0.1"
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+#: Where the server mounts the neuroglancer client.
+CLIENT_PREFIX = "neuroglancer"
+#: Content types of the client's files; zarr keys have no extension and stay octet-stream.
+_CLIENT_TYPES = {
+    ".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css",
+    ".wasm": "application/wasm", ".map": "application/json", ".json": "application/json",
+}
+
+
+def neuroglancer_client_dir() -> Path | None:
+    """The folder of the built neuroglancer client in the installed ``neuroglancer`` package, if any.
+
+    Found without importing the package (which pulls in its own server).
+    Install it with ``pip install "blockseg[view]"``.
+    """
+    try:
+        spec = importlib.util.find_spec("neuroglancer")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        client = Path(location) / "static" / "client"
+        if (client / "index.html").is_file():
+            return client
+    return None
 
 
 class CorsRequestHandler(SimpleHTTPRequestHandler):
@@ -28,8 +62,11 @@ class CorsRequestHandler(SimpleHTTPRequestHandler):
 
     mounts: dict[str, Path] = {}
 
-    def __init__(self, *args, mounts: dict[str, Path] | None = None, **kwargs) -> None:
+    def __init__(
+        self, *args, mounts: dict[str, Path] | None = None, request_log: "RequestLog | None" = None, **kwargs
+    ) -> None:
         self.mounts = dict(mounts or {})
+        self.request_log = request_log
         super().__init__(*args, **kwargs)
 
     def translate_path(self, path: str) -> str:
@@ -98,9 +135,7 @@ class CorsRequestHandler(SimpleHTTPRequestHandler):
 
     def guess_type(self, path) -> str:
         # zarr chunks have no extension; say what they are rather than guess
-        if str(path).endswith(".json"):
-            return "application/json"
-        return "application/octet-stream"
+        return _CLIENT_TYPES.get(posixpath.splitext(str(path))[1], "application/octet-stream")
 
     def list_directory(self, path):
         # viewers never need listings; do not advertise the folder tree
@@ -110,9 +145,35 @@ class CorsRequestHandler(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args) -> None:
         pass  # a viewer fetches thousands of chunks: keep the terminal for the links
 
+    def log_request(self, code="-", size="-") -> None:
+        if self.request_log is not None:
+            self.request_log.write(self.command, self.path, int(getattr(code, "value", code)))
 
-def start_server(directory: Path, mounts: dict[str, Path] | None = None, port: int = 0) -> tuple[ThreadingHTTPServer, threading.Thread]:
+
+class RequestLog:
+    """Every answer of the server as a line ``METHOD STATUS PATH`` in a file, flushed as it goes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._handle = open(self.path, "a", encoding="utf-8")
+
+    def write(self, method: str, path: str, status: int) -> None:
+        with self._lock:
+            self._handle.write(f"{method} {status} {path}\n")
+            self._handle.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._handle.close()
+
+
+def start_server(
+    directory: Path, mounts: dict[str, Path] | None = None, port: int = 0, request_log: Path | None = None
+) -> tuple[ThreadingHTTPServer, threading.Thread]:
     """Serve ``directory`` (and ``mounts``) on 127.0.0.1:``port`` (0: any free port) in a thread.
+
+    With ``request_log`` every answer is appended to that file (``METHOD STATUS PATH``).
 
     Examples
     --------
@@ -128,8 +189,10 @@ def start_server(directory: Path, mounts: dict[str, Path] | None = None, port: i
     if not 0 <= int(port) <= 65535:
         raise ValueError(f"port {port} is outside 0..65535 (0 picks a free one)")
 
+    requests = RequestLog(request_log) if request_log is not None else None
+
     def handler(*args, **kwargs):
-        return CorsRequestHandler(*args, directory=str(directory), mounts=mounts, **kwargs)
+        return CorsRequestHandler(*args, directory=str(directory), mounts=mounts, request_log=requests, **kwargs)
 
     try:
         server = ThreadingHTTPServer((HOST, int(port)), handler)
