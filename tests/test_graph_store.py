@@ -6,6 +6,8 @@ and persistence; then a writer killed in the middle of a block.
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import pytest
 
@@ -13,12 +15,19 @@ from blockseg.geometry import Roi
 from blockseg.graph import open_store
 from blockseg.graph.base import BlockOutput, Edges, Nodes, StageState
 from blockseg.graph.files import FileGraphStore
+from blockseg.graph.postgres import PostgresGraphStore
 from blockseg.graph.sqlite import SqliteGraphStore
 
-BACKENDS = ("sqlite", "files")
+BACKENDS = ("sqlite", "files", "postgres")
+CLASSES = {"sqlite": SqliteGraphStore, "files": FileGraphStore, "postgres": PostgresGraphStore}
 
 
-def url_for(backend: str, folder) -> str:
+def url_for(backend: str, folder, request=None) -> str:
+    if backend == "postgres":
+        # a fresh database per test; the session's server (a skip where there is none)
+        server = request.getfixturevalue("postgres")
+        database = server.create_database(f"conformance_{uuid.uuid4().hex[:12]}")
+        return server.url(database, luts=str(folder / "luts"))
     return f"sqlite:///{folder / 'graph.db'}" if backend == "sqlite" else f"file://{folder / 'graph'}"
 
 BIG = 2**62 + 12345  # near the top of what fits a signed 64 bit SQLite integer
@@ -26,7 +35,7 @@ BIG = 2**62 + 12345  # near the top of what fits a signed 64 bit SQLite integer
 
 @pytest.fixture(params=BACKENDS)
 def store(request, tmp_path):
-    s = open_store(url_for(request.param, tmp_path / "sub"))
+    s = open_store(url_for(request.param, tmp_path / "sub", request))
     yield s
     s.close()
 
@@ -212,8 +221,8 @@ def test_block_results_round_trip(store):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_persistence_across_reopen(tmp_path, backend):
-    url = url_for(backend, tmp_path)
+def test_persistence_across_reopen(tmp_path, backend, request):
+    url = url_for(backend, tmp_path, request)
     store = open_store(url)
     store.commit_block("fragments", 2, BlockOutput(nodes=nodes([BIG], [[1, 2, 3]], [5]), result=b"r"))
     store.commit_block("agglomerate", 2, BlockOutput(edges=edges([[BIG, BIG + 1]], [0.5])))
@@ -221,7 +230,7 @@ def test_persistence_across_reopen(tmp_path, backend):
     store.close()
     again = open_store(url)
     try:
-        assert isinstance(again, SqliteGraphStore if backend == "sqlite" else FileGraphStore)
+        assert isinstance(again, CLASSES[backend])
         assert again.read_nodes().ids.tolist() == [BIG]
         assert again.read_nodes().centers.tolist() == [[1.0, 2.0, 3.0]]
         assert edge_set(again.read_edges()) == {(BIG, BIG + 1, 0.5)}
@@ -303,7 +312,7 @@ def test_bad_urls(url, message):
         open_store(url)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ("sqlite", "files"))
 def test_unwritable_location(tmp_path, backend):
     import os
 
@@ -320,3 +329,32 @@ def test_unwritable_location(tmp_path, backend):
         target.chmod(0o500)
     with pytest.raises(StoreError, match="graph store"):
         open_store(url_for(backend, target))
+
+
+def test_read_block_edges_reads_only_those_blocks(store):
+    store.commit_block("agglomerate", 0, BlockOutput(edges=edges([[1, 2], [2, 3]], [0.1, 0.2])))
+    store.commit_block("agglomerate", 1, BlockOutput(edges=edges([[3, 4]], [0.3])))
+    store.commit_block("agglomerate", 2, BlockOutput(edges=edges([[4, 5], [5, 6], [6, 7]], [0.4, 0.5, 0.6])))
+    store.commit_block("stitch", 1, BlockOutput(edges=edges([[8, 9]], [0.9])))
+    store.commit_block("agglomerate", 1, BlockOutput(edges=edges([[3, 4]], [0.35])))  # a rerun replaces
+    assert [b for b in store.edge_block_ids("agglomerate") if b in (0, 1, 2)] == [0, 1, 2]
+    got = store.read_block_edges("agglomerate", [2, 1])
+    assert got.u.dtype == np.uint64 and got.scores.dtype == np.float32
+    assert edge_set(got) == {(3, 4, float(np.float32(0.35))), (4, 5, float(np.float32(0.4))),
+                             (5, 6, 0.5), (6, 7, float(np.float32(0.6)))}
+    assert edge_set(store.read_block_edges("stitch", [1, 7])) == {(8, 9, float(np.float32(0.9)))}
+    assert len(store.read_block_edges("agglomerate", [])) == 0
+    assert len(store.read_block_edges("agglomerate", [9])) == 0
+
+
+def test_a_pickled_store_reopens_and_reads(store):
+    """What a worker gets when a block function carries the store: the same rows, read there."""
+    import pickle
+
+    store.commit_block("agglomerate", 4, BlockOutput(edges=edges([[BIG, BIG + 1]], [0.5]), result=b"r"))
+    again = pickle.loads(pickle.dumps(store))
+    assert type(again) is type(store) and again.url == store.url
+    assert edge_set(again.read_block_edges("agglomerate", [4])) == {(BIG, BIG + 1, 0.5)}
+    assert again.done_blocks("agglomerate") == {4}
+    assert open_store(store.url).block_results("agglomerate") == {4: b"r"}
+    assert store.workers_write == (not isinstance(store, SqliteGraphStore))
