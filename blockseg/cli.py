@@ -303,6 +303,12 @@ def cmd_view(args: argparse.Namespace) -> int:
     return view(config, port=args.port, open_browser=not args.no_browser, viewer_url=viewer_url, request_log=request_log)
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from blockseg.tune import main as tune_main
+
+    return tune_main(args)
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     from blockseg.task_listing import describe_tasks
 
@@ -380,6 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="another neuroglancer to link to (default: the client served beside the data)")
     view.add_argument("--request-log", metavar="FILE", help="append every request the server answers to FILE")
     view.set_defaults(func=cmd_view)
+
+    tune = sub.add_parser("tune", help="every combination of a parameter grid on a ROI with ground truth; "
+                          "writes the best as CONFIG.tuned.yaml")
+    from blockseg.tune import add_arguments as tune_arguments
+
+    tune_arguments(tune)
+    tune.set_defaults(func=cmd_tune)
 
     tasks = sub.add_parser("tasks", help="the built-in stages and installed tasks, with their parameters and defaults")
     tasks.set_defaults(func=cmd_tasks)
