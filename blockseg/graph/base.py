@@ -23,7 +23,7 @@ import networkx as nx
 import numpy as np
 
 from blockseg.geometry import Roi
-from blockseg.segments import lut_name, read_lut, read_lut_range, write_lut
+from blockseg import lut_pieces
 
 ATTRIBUTE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
 RESERVED = {"id", "z", "y", "x", "size", "u", "v", "score", "stage", "block"}
@@ -223,43 +223,58 @@ class GraphStore(Protocol):
 
 
 class LutFolder:
-    """LUTs as sorted ``.npy`` files in a folder, shared by the backends.
+    """LUTs in a folder, one sub-folder of pieces per threshold, shared by the backends.
 
-    A relabel block memory-maps the file and reads only its own rows, which
-    no database query would beat; so both backends keep LUTs this way.
+    Each threshold's LUT is stored in pieces by home block
+    (:mod:`blockseg.lut_pieces`): a relabel block memory-maps the one piece
+    that holds its fragments and reads only its own rows, which no database
+    query would beat, and the distributed segments stage writes each piece
+    from the worker that computed it. :meth:`lut_path` is the LUT's index
+    file, present only once every piece is written.
     """
 
     lut_dir: Path
 
     def write_lut(self, threshold: float, fragment_ids: np.ndarray, segment_ids: np.ndarray) -> None:
+        """Store a LUT computed whole, as one piece."""
         fragment_ids = np.asarray(fragment_ids)
         segment_ids = np.asarray(segment_ids)
         if len(fragment_ids) > 1 and not bool(np.all(fragment_ids[1:] > fragment_ids[:-1])):
             order = np.argsort(fragment_ids, kind="stable")
             fragment_ids, segment_ids = fragment_ids[order], segment_ids[order]
-        write_lut(self.lut_dir, threshold, fragment_ids, segment_ids)
+        lut_pieces.write_whole(self.lut_folder(threshold), threshold, fragment_ids, segment_ids)
 
     def read_lut(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
         path = self.lut_path(threshold)
         if not path.exists():
             raise StoreError(f"no LUT for threshold {threshold!r} in {self.lut_dir}")
-        return read_lut(path)
+        return lut_pieces.read_all(path)
 
     def read_lut_range(self, threshold: float, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
-        return read_lut_range(self.lut_path(threshold), low, high)
+        return lut_pieces.read_range(self.lut_path(threshold), low, high)
+
+    def lut_folder(self, threshold: float) -> Path:
+        """Where the pieces of a threshold's LUT go."""
+        return self.lut_dir / lut_pieces.folder_name(threshold)
 
     def lut_path(self, threshold: float) -> Path:
-        return self.lut_dir / lut_name(threshold)
+        """The LUT's index file (relabel blocks and evaluate read the pieces through it)."""
+        return self.lut_folder(threshold) / lut_pieces.INDEX
 
     def lut_thresholds(self) -> list[float]:
         if not self.lut_dir.exists():
             return []
-        names = [p.name for p in self.lut_dir.glob("threshold_*.npy") if not p.name.endswith(".tmp.npy")]
-        return sorted(float(n[len("threshold_") : -len(".npy")]) for n in names)
+        indexes = self.lut_dir.glob(f"threshold_*/{lut_pieces.INDEX}")
+        return sorted(float(p.parent.name[len("threshold_"):]) for p in indexes)
 
     def drop_luts(self) -> None:
-        for path in self.lut_dir.glob("threshold_*.npy") if self.lut_dir.exists() else []:
-            path.unlink()
+        if not self.lut_dir.exists():
+            return
+        for path in self.lut_dir.glob("threshold_*"):
+            if path.is_dir():
+                lut_pieces.drop(path)
+            else:  # a single-file LUT of an earlier version
+                path.unlink(missing_ok=True)
 
 
 def graph_from(nodes: Nodes, edges: Edges) -> nx.Graph:

@@ -9,7 +9,7 @@ from typing import Sequence
 from blockseg.blocks import Block
 from blockseg.graph.base import BlockOutput
 from blockseg.run_state import chunk_shape
-from blockseg.segments import read_lut_range
+from blockseg.lut_pieces import read_range
 from blockseg.task import OutputSpec, Stage, no_context
 from blockseg.tasks.segments import segmenting
 from blockseg.volume import open_volume
@@ -23,11 +23,15 @@ def relabel_block(
     lut_paths: Sequence[str],
     ids_per_block: int,
 ) -> BlockOutput:
-    """Write each threshold's segmentation of the block, reading only its LUT rows."""
+    """Write each threshold's segmentation of the block, reading only its LUT rows.
+
+    ``lut_paths`` are the LUTs' index files; the rows of the block's
+    fragments lie in one piece of each LUT, which is memory-mapped.
+    """
     fragments = open_volume(fragments_url).read(block.write_roi)
     low = block.block_id * ids_per_block
     for url, lut_path in zip(segmentation_urls, lut_paths):
-        lut_ids, lut_segments = read_lut_range(Path(lut_path), low, low + ids_per_block)
+        lut_ids, lut_segments = read_range(Path(lut_path), low, low + ids_per_block)
         segmentation = relabel(fragments, lut_ids, lut_segments)
         open_volume(url, mode="r+").write(block.write_roi, segmentation)
     return BlockOutput(stats={"voxels": int(fragments.size) * len(segmentation_urls)})

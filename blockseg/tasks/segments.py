@@ -1,16 +1,17 @@
-"""segments: connected components of the RAG edges at each threshold, stored as one lookup table per threshold."""
+"""segments: connected components of the RAG edges at each threshold, computed on the cluster and stored as LUT pieces by home block."""
 
 from __future__ import annotations
 
 import logging
 
-import numpy as np
-
+from blockseg.distributed_segments import distributed_luts
 from blockseg.run_state import Run
-from blockseg.segments import connected_component_luts
 from blockseg.task import Stage, no_context, no_outputs
 
 log = logging.getLogger("blockseg")
+
+# the built-in stages that write RAG nodes or edges; users' tasks may write them too
+_GRAPH_STAGES = ("fragments", "agglomerate", "mws", "channel_instances", "stitch")
 
 
 def segmenting(run: Run) -> bool:
@@ -18,15 +19,20 @@ def segmenting(run: Run) -> bool:
     return run.segmenting
 
 
+def graph_stages(run: Run) -> list[str]:
+    """The stages whose blocks may have written RAG nodes or edges (those with results in the store)."""
+    names = [*_GRAPH_STAGES, *(task.name for task in run.user_tasks)]
+    return [name for name in names if run.store.stage_state(name) is not None]
+
+
 def _segments_step(run: Run) -> None:
-    nodes = run.store.read_nodes()
-    edges = run.store.read_edges()
+    # Workers read the blocks' rows and write the LUT pieces; the driver holds futures and counts.
     thresholds = run.config.stages.segments.thresholds
-    for threshold, fragment_ids, segment_ids in connected_component_luts(
-        nodes.ids, edges.u, edges.v, edges.scores, thresholds
-    ):
-        run.store.write_lut(threshold, fragment_ids, segment_ids)
-        log.info("segments: threshold %r: %d fragments -> %d segments", threshold, len(fragment_ids), len(np.unique(segment_ids)))
+    counts = distributed_luts(
+        run.client, run.store, graph_stages(run), thresholds, run.grid().num_blocks, run.ids_per_block
+    )
+    for threshold, (fragments, segments) in counts.items():
+        log.info("segments: threshold %r: %d fragments -> %d segments", threshold, fragments, segments)
 
 
 STAGE = Stage(

@@ -1,0 +1,279 @@
+"""Lookup tables of the whole RAG computed on the cluster, never holding all edges in one process.
+
+The blocks are cut into *pieces* of ``blocks_per_piece`` consecutive block
+ids. A task per piece reads the edges and nodes its blocks wrote (on a
+worker, from the store) and labels every fragment they name with the
+smallest id of its component inside the piece, at every threshold
+(:func:`workers.components.threshold_labels`).
+
+A fragment is named only by blocks within ``reach`` block ids of its home
+block (``reach`` is measured on the way, exactly). So a fragment whose home
+lies more than ``reach`` inside a range of blocks can be named by no block
+outside it: it is *closed* there. Only open fragments travel up, as pairs
+``(fragment, label)``; neighbouring ranges join their pairs
+(:func:`workers.components.merge_pairs`), level by level, each level twice
+as wide, until one range holds every block and everything is closed. Then
+the labels travel down: each range looks its labels up in its parent's, and
+each piece writes its LUT piece (the fragments whose home block it holds) to
+the store, from the worker.
+
+What a level holds is the fragments near the borders of its ranges, not the
+graph; the driver holds futures and a handful of numbers.
+
+The result equals :func:`blockseg.segments.connected_component_luts` exactly:
+every label is the smallest id of a component, and the smallest id of a
+union of components is the smallest of their smallest ids.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from blockseg import lut_pieces
+from workers.components import UNBOUNDED, lookup, merge_pairs, open_mask, threshold_labels
+
+# edges per piece the piece size aims at (memory of a piece task: about 0.3 KB per edge)
+EDGES_PER_PIECE = 2_000_000
+# and at least this many pieces, for parallelism on small runs
+MIN_PIECES = 8
+
+
+# -- reading a piece's rows on a worker -------------------------------------
+
+
+def _node_ids(store, stage: str, block_id: int) -> np.ndarray:
+    """Ids of the nodes block ``block_id`` of ``stage`` wrote."""
+    reader = getattr(store, "read_block_node_ids", None)
+    if reader is not None:
+        return np.asarray(reader(stage, [block_id]), np.uint64)
+    from blockseg.graph.files import FileGraphStore
+    from blockseg.graph.sqlite import SqliteGraphStore
+
+    if isinstance(store, FileGraphStore):
+        try:
+            nodes = store._load_nodes(store._stage_dir(stage) / f"{int(block_id)}.npz")
+        except FileNotFoundError:
+            return np.zeros(0, np.uint64)
+        return np.zeros(0, np.uint64) if nodes is None else nodes.ids.astype(np.uint64)
+    if isinstance(store, SqliteGraphStore):
+        rows = store._db.execute("SELECT id FROM nodes WHERE stage = ? AND block = ?", (stage, int(block_id)))
+        return np.array([row[0] for row in rows], np.int64).astype(np.uint64)
+    raise TypeError(f"{type(store).__name__} cannot read one block's nodes (read_block_node_ids)")
+
+
+def read_piece(store_url: str, stages: Sequence[str], first_block: int, end_block: int, ids_per_block: int):
+    """The edges and node ids blocks ``first_block .. end_block - 1`` wrote, and how far they reach.
+
+    Returns ``(u, v, scores, node_ids, reach)``; ``reach`` is the largest
+    distance, in block ids, between a block and the home block of a fragment
+    it names.
+    """
+    from blockseg.graph import open_store
+
+    store = open_store(store_url)
+    try:
+        us, vs, scores, nodes = [], [], [], []
+        reach = 0
+        per_block = np.uint64(ids_per_block)
+        for stage in stages:
+            for block_id in range(first_block, end_block):
+                edges = store.read_block_edges(stage, [block_id])
+                ids = _node_ids(store, stage, block_id)
+                for named in (edges.u, edges.v, ids):
+                    if len(named):
+                        home = (np.asarray(named, np.uint64) // per_block).astype(np.int64)
+                        reach = max(reach, int(np.abs(home - block_id).max()))
+                if len(edges):
+                    us.append(np.asarray(edges.u, np.uint64))
+                    vs.append(np.asarray(edges.v, np.uint64))
+                    scores.append(np.asarray(edges.scores))
+                if len(ids):
+                    nodes.append(ids)
+    finally:
+        store.close()
+    empty = np.zeros(0, np.uint64)
+    u = np.concatenate(us) if us else empty
+    v = np.concatenate(vs) if vs else empty
+    if (u == 0).any() or (v == 0).any():
+        raise ValueError("an edge names fragment 0, which is background")
+    node_ids = np.concatenate(nodes) if nodes else empty
+    return u, v, (np.concatenate(scores) if scores else np.zeros(0, np.float32)), node_ids[node_ids != 0], reach
+
+
+# -- the tasks --------------------------------------------------------------
+
+
+def piece_labels(store_url, stages, first_block, end_block, ids_per_block, thresholds):
+    """A piece's fragments and their labels within the piece: ``(ids, labels (T, n), reach)``."""
+    u, v, scores, node_ids, reach = read_piece(store_url, stages, first_block, end_block, ids_per_block)
+    ids, labels = threshold_labels(u, v, scores, thresholds, extra_ids=node_ids)
+    return ids, labels, reach
+
+
+def reach_of(state) -> int:
+    return state[2]
+
+
+def piece_pairs(state, low: int, high: int, reach: int, ids_per_block: int):
+    """The open fragments of a piece and their labels, per threshold."""
+    ids, labels, _ = state
+    is_open = open_mask(ids, ids_per_block, low, high, reach)
+    return [(ids[is_open], row[is_open]) for row in labels]
+
+
+def join_pairs(children_pairs):
+    """The components of the children's pairs, per threshold: ``[(ids, labels)]``."""
+    joined = []
+    for per_threshold in zip(*children_pairs):
+        vertices = np.concatenate([p[0] for p in per_threshold])
+        parents = np.concatenate([p[1] for p in per_threshold])
+        joined.append(merge_pairs(vertices, parents))
+    return joined
+
+
+def open_pairs(joined, low: int, high: int, reach: int, ids_per_block: int):
+    """What a range passes up: its open ids and their labels."""
+    out = []
+    for ids, labels in joined:
+        is_open = open_mask(ids, ids_per_block, low, high, reach)
+        out.append((ids[is_open], labels[is_open]))
+    return out
+
+
+def _homed_in(ids: np.ndarray, ids_per_block: int, low: int, high: int) -> np.ndarray:
+    home = (ids // np.uint64(ids_per_block)).astype(np.int64)
+    return (home >= low) & (home < high)
+
+
+def resolve(joined, parent_final, low: int, high: int, ids_per_block: int):
+    """Final labels of a range's ids, and of its parent's ids whose home lies in the range (passed on down)."""
+    if parent_final is None:
+        return joined
+    out = []
+    for (ids, labels), (keys, values) in zip(joined, parent_final):
+        final = lookup(keys, values, labels)
+        inherited = _homed_in(keys, ids_per_block, low, high) & ~np.isin(keys, ids)
+        all_ids = np.concatenate([ids, keys[inherited]])
+        all_final = np.concatenate([final, values[inherited]])
+        order = np.argsort(all_ids, kind="stable")
+        out.append((all_ids[order], all_final[order]))
+    return out
+
+
+def write_lut_pieces(state, parent_final, lut_folders, piece: int, low: int, high: int, ids_per_block: int):
+    """Write the LUT piece of every threshold: the fragments homed in blocks ``low .. high - 1``.
+
+    Returns ``[(fragments, segments)]`` counts per threshold.
+    """
+    ids, labels, _ = state
+    home = _homed_in(ids, ids_per_block, low, high)
+    counts = []
+    for row, folder in enumerate(lut_folders):
+        own = ids[home]
+        segments = labels[row][home]
+        if parent_final is not None:
+            keys, values = parent_final[row]
+            segments = lookup(keys, values, segments)
+            inherited = _homed_in(keys, ids_per_block, low, high) & ~np.isin(keys, own)
+            own = np.concatenate([own, keys[inherited]])
+            segments = np.concatenate([segments, values[inherited]])
+            order = np.argsort(own, kind="stable")
+            own, segments = own[order], segments[order]
+        lut_pieces.write_piece(folder, piece, own, segments)
+        counts.append((len(own), int(np.count_nonzero(own == segments))))
+    return counts
+
+
+# -- the driver's side ------------------------------------------------------
+
+
+@dataclass
+class _Range:
+    low: int
+    high: int
+    up: object  # future of the pairs passed up
+    joined: object = None  # future of the joined components (None for a piece)
+    state: object = None  # future of a piece's labels (None for a joined range)
+    piece: int = -1
+    children: list = field(default_factory=list)
+
+
+def choose_blocks_per_piece(store, stages: Sequence[str], num_blocks: int) -> int:
+    """Blocks per piece from the edges of a few sampled blocks (deterministic for the same graph)."""
+    samples = sorted({int(b) for b in np.linspace(0, max(num_blocks - 1, 0), min(num_blocks, 16))})
+    edges = sum(len(store.read_block_edges(stage, [b])) for stage in stages for b in samples)
+    per_block = max(1.0, edges / max(len(samples), 1))
+    by_memory = max(1, int(EDGES_PER_PIECE // per_block))
+    return max(1, min(by_memory, math.ceil(num_blocks / MIN_PIECES)))
+
+
+def distributed_luts(
+    client,
+    store,
+    stages: Sequence[str],
+    thresholds: Sequence[float],
+    num_blocks: int,
+    ids_per_block: int,
+    blocks_per_piece: int | None = None,
+) -> dict[float, tuple[int, int]]:
+    """Compute and store every threshold's LUT on the cluster; ``{threshold: (fragments, segments)}``.
+
+    Each LUT is complete (its index written) only when all its pieces are.
+    """
+    thresholds = sorted(float(t) for t in thresholds)
+    if blocks_per_piece is None:
+        blocks_per_piece = choose_blocks_per_piece(store, stages, num_blocks)
+    num_pieces = max(1, math.ceil(num_blocks / blocks_per_piece))
+    folders = [store.lut_folder(t) for t in thresholds]
+    # a LUT is trusted when its index exists: drop any from an interrupted run before a piece is written
+    store.drop_luts()
+    url, stages = store.url, list(stages)
+
+    pieces = []
+    for k in range(num_pieces):
+        first, end = k * blocks_per_piece, min((k + 1) * blocks_per_piece, num_blocks)
+        state = client.submit(piece_labels, url, stages, first, end, ids_per_block, thresholds, pure=False)
+        low = first if k > 0 else -UNBOUNDED
+        high = end if k < num_pieces - 1 else UNBOUNDED
+        pieces.append(_Range(low, high, None, state=state, piece=k))
+    reach = max(client.gather(client.map(reach_of, [p.state for p in pieces], pure=False)))
+
+    for p in pieces:
+        p.up = client.submit(piece_pairs, p.state, p.low, p.high, reach, ids_per_block, pure=False)
+    level = pieces
+    while len(level) > 1:
+        parents = []
+        for i in range(0, len(level), 2):
+            children = level[i : i + 2]
+            low, high = children[0].low, children[-1].high
+            joined = client.submit(join_pairs, [c.up for c in children], pure=False)
+            up = client.submit(open_pairs, joined, low, high, reach, ids_per_block, pure=False)
+            parents.append(_Range(low, high, up, joined=joined, children=children))
+        level = parents
+
+    written = []
+
+    def down(node: _Range, parent_final) -> None:
+        if node.state is not None:
+            written.append(client.submit(
+                write_lut_pieces, node.state, parent_final, folders, node.piece,
+                node.piece * blocks_per_piece if node.piece > 0 else 0,
+                (node.piece + 1) * blocks_per_piece if node.piece < num_pieces - 1 else UNBOUNDED,
+                ids_per_block, pure=False,
+            ))
+            return
+        final = client.submit(resolve, node.joined, parent_final, node.low, node.high, ids_per_block, pure=False)
+        for child in node.children:
+            down(child, final)
+
+    down(level[0], None)
+    counts = client.gather(written)
+    for threshold, folder in zip(thresholds, folders):
+        lut_pieces.write_index(folder, threshold, blocks_per_piece * ids_per_block, num_pieces)
+    return {
+        t: (sum(c[row][0] for c in counts), sum(c[row][1] for c in counts)) for row, t in enumerate(thresholds)
+    }
