@@ -127,14 +127,24 @@ def scores_figure(scores: Mapping[str, Any]):
         i = t.index(best)
         tradeoff.plot([curves["voi_split"][i]], [curves["voi_merge"][i]], "*", color="tab:green",
                       markersize=16, label=f"best {best:g}: VOI sum {curves['voi_sum'][i]:.4f}")
+    _tradeoff_scales(tradeoff)
     tradeoff.set_xlabel("VOI split (bits): over-segmentation")
     tradeoff.set_ylabel("VOI merge (bits): under-segmentation")
-    title = "split / merge trade-off"
+    title = "split / merge trade-off (symlog axes)"
     if curves["fragments"] is not None:  # far off the curve's scale, so told rather than drawn
         title += f"\n(fragments: split {curves['fragments']['voi_split']:.3f}, merge {curves['fragments']['voi_merge']:.3f})"
     tradeoff.set_title(title, fontsize="medium")
     tradeoff.legend(loc="best", fontsize="small")
     return figure
+
+
+def _tradeoff_scales(axes) -> None:
+    # The curve spans orders of magnitude (merge errors of bits past the knee,
+    # hundredths near it); symlog keeps the knee, where the best threshold
+    # lies, readable and still shows the exact zeros of the extreme thresholds.
+    axes.set_xscale("symlog", linthresh=0.01)
+    axes.set_yscale("symlog", linthresh=0.01)
+    axes.grid(True, which="major", alpha=0.3)
 
 
 def _save(figure, path: str | Path, plotted: Mapping[str, Any]) -> Path:
@@ -206,9 +216,10 @@ def tradeoffs_figure(curves: Mapping[str, Mapping[str, Any]], best: str | None =
             i = curve["threshold"].index(curve["best_threshold"])
             axes.plot([curve["voi_split"][i]], [curve["voi_merge"][i]], "*", color=line.get_color(),
                       markersize=18, zorder=4, label=f"best: threshold {curve['best_threshold']:g}")
+    _tradeoff_scales(axes)
     axes.set_xlabel("VOI split (bits): over-segmentation")
     axes.set_ylabel("VOI merge (bits): under-segmentation")
-    axes.set_title("split / merge trade-off per combination (points: merge thresholds)")
+    axes.set_title("split / merge trade-off per combination (points: merge thresholds; symlog axes)")
     axes.legend(loc="best", fontsize="x-small")
     return figure
 
