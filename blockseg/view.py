@@ -15,7 +15,7 @@ same data from the local files.
 
 The viewer itself comes from the same server: the neuroglancer client
 that the ``neuroglancer`` package ships (``pip install "blockseg[view]"``)
-is served at ``/neuroglancer/``, so a node with no internet shows a run
+is served at ``/v/blockseg/``, so a node with no internet shows a run
 (``--public`` links to the public neuroglancer site instead).
 
 Volumes on an object store (``storage.volumes: s3://...``, inputs on
@@ -137,6 +137,7 @@ def view(
     except KeyboardInterrupt:
         pass
     finally:
+        server.closing = True  # ends the client's idle event streams
         server.shutdown()
         server.server_close()
     print("blockseg view: stopped", flush=True)

@@ -25,12 +25,12 @@ NEUROGLANCER_URL = "https://neuroglancer-demo.appspot.com/"
 
 
 def local_viewer_url(base_url: str) -> str:
-    """Where ``blockseg view``'s server serves the neuroglancer client: ``base_url/neuroglancer/``.
+    """Where ``blockseg view``'s server serves the neuroglancer client: ``base_url/v/blockseg/``.
 
     Examples
     --------
     >>> local_viewer_url("http://127.0.0.1:8000")
-    'http://127.0.0.1:8000/neuroglancer/'
+    'http://127.0.0.1:8000/v/blockseg/'
     """
     from blockseg.view_server import CLIENT_PREFIX
 

@@ -8,8 +8,13 @@ output folder at ``/`` and read-only mounts for inputs that lie outside it
 
 The neuroglancer client itself (the built static files that the
 ``neuroglancer`` package ships, :func:`neuroglancer_client_dir`) is mounted
-at ``/neuroglancer/``, so the viewer and the data come from the same
-server and a node with no internet can show a run. A request log
+at ``/v/blockseg/``, so the viewer and the data come from the same server
+and a node with no internet can show a run. That build is the one the
+package's own Python server hosts: it insists on a page under
+``/v/<token>/`` and keeps an event stream open to ``/events/<token>``
+(and posts its settings to ``/state/<token>``), so the handler answers
+those too, with an idle stream and a plain acknowledgement; the viewer
+state itself comes from the link's ``#!`` fragment. A request log
 (``request_log``) records every answer, one line each, for checking what a
 browser asked for.
 """
@@ -17,10 +22,12 @@ browser asked for.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import posixpath
 import re
 import threading
+import time
 import urllib.parse
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -29,8 +36,12 @@ from pathlib import Path
 
 HOST = "127.0.0.1"
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+#: The token in the neuroglancer client's paths (``/v/<token>/``, ``/events/<token>``, ...).
+CLIENT_TOKEN = "blockseg"
 #: Where the server mounts the neuroglancer client.
-CLIENT_PREFIX = "neuroglancer"
+CLIENT_PREFIX = f"v/{CLIENT_TOKEN}"
+#: Seconds between the comments that keep the client's idle event stream open.
+KEEP_ALIVE = 10.0
 #: Content types of the client's files; zarr keys have no extension and stay octet-stream.
 _CLIENT_TYPES = {
     ".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css",
@@ -97,13 +108,69 @@ class CorsRequestHandler(SimpleHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
+    def _client_endpoint(self) -> str | None:
+        """``events``, ``state`` or ``action`` for the neuroglancer client's own requests, else None."""
+        words = self.path.split("?", 1)[0].strip("/").split("/")
+        if len(words) == 2 and words[1] == CLIENT_TOKEN and words[0] in ("events", "state", "action"):
+            return words[0]
+        return None
+
     def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] == "/favicon.ico":
+            self._send_empty(HTTPStatus.NO_CONTENT)  # browsers ask for it; there is none, and that is fine
+            return
+        if self._client_endpoint() == "events":
+            self._idle_event_stream()
+            return
         wanted = self.headers.get("Range")
         path = self.translate_path(self.path)
         if wanted is None or not os.path.isfile(path):
             super().do_GET()
             return
         self._send_range(path, wanted.strip())
+
+    def do_POST(self) -> None:
+        endpoint = self._client_endpoint()
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if endpoint == "state":
+            # the client's settings: acknowledged with the generation it sent, kept nowhere
+            try:
+                generation = json.loads(body or b"{}").get("g", 0)
+            except (ValueError, AttributeError):
+                generation = 0
+            answer = json.dumps({"g": generation}).encode()
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+        elif endpoint == "action":
+            self._send_empty(HTTPStatus.OK)
+        else:
+            self.send_error(HTTPStatus.METHOD_NOT_ALLOWED, "read-only")
+
+    def _send_empty(self, status: HTTPStatus) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _idle_event_stream(self) -> None:
+        """An event stream that never sends an event: the client sees its "Python server" connected."""
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            while not getattr(self.server, "closing", False):
+                self.wfile.write(b": idle\n\n")
+                self.wfile.flush()
+                deadline = time.monotonic() + KEEP_ALIVE
+                while time.monotonic() < deadline and not getattr(self.server, "closing", False):
+                    time.sleep(0.2)
+        except OSError:  # the page went away
+            pass
 
     def _send_range(self, path: str, wanted: str) -> None:
         size = os.path.getsize(path)
