@@ -40,6 +40,16 @@ CHILD = textwrap.dedent(
                 time.sleep(60)
             real_replace(source, target)
         files.os.replace = slow_replace
+    if url.startswith("postgresql://"):
+        # hold the writer inside its transaction, its edges copied, before the done mark
+        from blockseg.graph.postgres import PostgresGraphStore
+        real_copy = PostgresGraphStore._copy
+        def slow_copy(cursor, table, names, columns):
+            real_copy(cursor, table, names, columns)
+            if table == "edges" and len(columns[0]) > 2:
+                print("writing", flush=True)
+                time.sleep(60)
+        PostgresGraphStore._copy = staticmethod(slow_copy)
     store = open_store(url)
     small = Nodes(np.array([1, 2], np.uint64), np.zeros((2, 3)), np.array([1, 1]))
     store.commit_block("fragments", 0, BlockOutput(nodes=small))
@@ -53,13 +63,16 @@ CHILD = textwrap.dedent(
 )
 
 
-def _url(backend: str, tmp_path) -> str:
+def _url(backend: str, tmp_path, request) -> str:
+    if backend == "postgres":
+        server = request.getfixturevalue("postgres")
+        return server.url(server.create_database(f"crash_{tmp_path.name[-20:].lower()}"), luts=str(tmp_path / "luts"))
     return f"sqlite:///{tmp_path / 'graph.db'}" if backend == "sqlite" else f"file://{tmp_path / 'graph'}"
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "files"])
-def test_killed_writer_leaves_whole_block_or_none(tmp_path, backend):
-    url = _url(backend, tmp_path)
+@pytest.mark.parametrize("backend", ["sqlite", "files", "postgres"])
+def test_killed_writer_leaves_whole_block_or_none(tmp_path, backend, request):
+    url = _url(backend, tmp_path, request)
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, url, str(N_EDGES)], stdout=subprocess.PIPE, text=True
     )
@@ -67,6 +80,13 @@ def test_killed_writer_leaves_whole_block_or_none(tmp_path, backend):
     assert line == "writing", line
     time.sleep(0.3)  # well inside the commit: inserting 2M rows takes seconds, the rename waits a minute
     assert child.poll() is None, "the writer finished before it could be killed"
+    if backend == "postgres":
+        # while the writer sits inside its transaction, others see none of the block
+        watcher = open_store(url)
+        assert watcher.done_blocks("agglomerate") == set()
+        assert sum(len(chunk) for chunk in watcher.iter_edges()) == 0
+        assert len(watcher.read_edges()) == 0
+        watcher.close()
     child.send_signal(signal.SIGKILL)
     child.wait()
 

@@ -298,7 +298,10 @@ class PostgresGraphStore(LutFolder):
         try:
             with db.transaction():
                 db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                db.execute(TABLES)
+                # only a new database gets its tables: CREATE INDEX IF NOT EXISTS would
+                # still wait for every worker's open transaction on the table
+                if db.execute(f"SELECT to_regclass('{SCHEMA}.identity')").fetchone()[0] is None:
+                    db.execute(TABLES)
                 identity = dict(db.execute("SELECT key, value FROM identity").fetchall())
                 if not identity:
                     db.execute("INSERT INTO identity VALUES ('layout', %s), ('luts', %s)", (LAYOUT, str(self.lut_dir)))
