@@ -1,4 +1,4 @@
-"""evaluate: contingency tables of the fragments against the ground truth per block, VOI and Rand per threshold in scores.json."""
+"""evaluate: contingency tables of the fragments against the ground truth per block, summed on the cluster; VOI and Rand per threshold in scores.json."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import functools
 import json
 
 from blockseg.blocks import Block
+from blockseg.evaluate_reduce import reduce_scores
 from blockseg.graph.base import BlockOutput
 from blockseg.run_state import Run
-from blockseg.task import Stage, no_context, no_outputs, pack_arrays, unpack_arrays
+from blockseg.task import Stage, no_context, no_outputs, pack_arrays
 from blockseg.volume import open_volume
 from workers import evaluate as evaluate_worker
 
@@ -22,14 +23,13 @@ def contingency_block(block: Block, labels_url: str, ground_truth_url: str) -> B
 
 
 def _evaluate_finish(run: Run) -> None:
-    tables = [unpack_arrays(data) for data in run.store.block_results("evaluate").values()]
-    table = evaluate_worker.merge_contingency(tuple(t) for t in tables)
-    scores = {"fragments": evaluate_worker.scores_from_contingency(table)}
-    per_threshold = {}
-    for threshold in run.config.stages.segments.thresholds:
-        lut_ids, lut_segments = run.store.read_lut(threshold)
-        relabelled = evaluate_worker.relabel_contingency(table, lut_ids, lut_segments)
-        per_threshold[repr(float(threshold))] = evaluate_worker.scores_from_contingency(relabelled)
+    # the tables are summed and relabelled on the cluster; the driver gets the scores only
+    thresholds = run.config.stages.segments.thresholds
+    all_scores = reduce_scores(
+        run.client, run.store.url, "evaluate", run.grid().num_blocks, [run.store.lut_path(t) for t in thresholds]
+    )
+    scores = {"fragments": all_scores[0]}
+    per_threshold = {repr(float(t)): s for t, s in zip(thresholds, all_scores[1:])}
     best = min(per_threshold, key=lambda t: per_threshold[t]["voi_sum"])
     scores["thresholds"] = per_threshold
     scores["best"] = {"threshold": float(best), **per_threshold[best]}
