@@ -100,12 +100,16 @@ def _run(config, stages: Sequence[str] | None, restart: bool, report_config: Pat
         # run (or a --restart) is refused in one line naming the holder.
         with OutputLock(config.output_dir, command=" ".join(["blockseg", *sys.argv[1:2]])):
             code = _run_locked(config, stages, restart, state)
-    except _refusals():
+    except _refusals() as refused:
+        from blockseg.lock import OutputLocked
+
         run = state.get("run")
+        if isinstance(refused, OutputLocked):
+            raise  # the output is another run's: nothing here is ours to remove
         if run is None or not any(r.succeeded for name, r in run.reports.items() if name != "check"):
             # refused before any block was done: leave no empty folder or store behind
             _setup_logging(None)  # closes the log file first
-            created.undo()
+            _undo_unless_running(created, config.output_dir)
         raise
     except StageFailed:
         if report_config is not None:
@@ -180,25 +184,43 @@ def cmd_status(args: argparse.Namespace) -> int:
     active = status_line(config.output_dir)
     if active:
         print(active)
-    run = open_run(config)
-    print(f"{'stage':<24} {'done':>8} {'total':>8}  state")
-    for name, stage in stages_of(run).items():  # the built-in stages, then the users' tasks
-        if not stage.enabled(run):
-            print(f"{name:<24} {'-':>8} {'-':>8}  disabled")
-            continue
-        done, total, current = stage_progress(run, stage)
-        state = "complete" if current and done == total else ("partial" if current and done else "not started")
-        if not current and run.store.stage_state(name) is not None:
-            state = "stale (inputs, parameters or outputs changed): reruns from scratch"
-        failed_file = config.output_dir / "logs" / f"failed-{name}.json"
-        if failed_file.exists():
-            import json
+    from blockseg.refusal import NewPaths, run_paths
 
-            failed = json.loads(failed_file.read_text())
-            ids = ", ".join(str(f["block_id"]) for f in failed[:20]) + (" ..." if len(failed) > 20 else "")
-            state += f"; {len(failed)} block(s) FAILED in the last run: {ids} (details: {failed_file})"
-        print(f"{name:<24} {done:>8} {total:>8}  {state}")
+    # a status query leaves no folder or store behind (opening the run creates them for one never started)
+    created = NewPaths(run_paths(config))
+    run = None
+    try:
+        run = open_run(config)
+        print(f"{'stage':<24} {'done':>8} {'total':>8}  state")
+        for name, stage in stages_of(run).items():  # the built-in stages, then the users' tasks
+            if not stage.enabled(run):
+                print(f"{name:<24} {'-':>8} {'-':>8}  disabled")
+                continue
+            done, total, current = stage_progress(run, stage)
+            state = "complete" if current and done == total else ("partial" if current and done else "not started")
+            if not current and run.store.stage_state(name) is not None:
+                state = "stale (inputs, parameters or outputs changed): reruns from scratch"
+            failed_file = config.output_dir / "logs" / f"failed-{name}.json"
+            if failed_file.exists():
+                import json
+
+                failed = json.loads(failed_file.read_text())
+                ids = ", ".join(str(f["block_id"]) for f in failed[:20]) + (" ..." if len(failed) > 20 else "")
+                state += f"; {len(failed)} block(s) FAILED in the last run: {ids} (details: {failed_file})"
+            print(f"{name:<24} {done:>8} {total:>8}  {state}")
+    finally:
+        if run is not None:
+            run.store.close()
+        _undo_unless_running(created, config.output_dir)
     return 0
+
+
+def _undo_unless_running(created, output_dir: Path) -> None:
+    """Remove what a read-only command created, unless a run has taken the output meanwhile."""
+    from blockseg.lock import read_lock
+
+    if read_lock(output_dir) is None:
+        created.undo()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -263,7 +285,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         _write_report(config, Path(args.config))
     except _refusals():
-        created.undo()
+        _undo_unless_running(created, config.output_dir)
         raise
     return 0
 
@@ -281,12 +303,16 @@ def cmd_graph_export(args: argparse.Namespace) -> int:
             roi = Roi(args.roi[:3], args.roi[3:])
         except ValueError as error:
             raise ConfigError(f"--roi: {error}") from None
+    from blockseg.refusal import NewPaths, graph_paths
+
+    created = NewPaths(graph_paths(config.graph_url))  # no empty store for a run that never started
     store = open_store(config.graph_url)
     try:
         output = Path(args.output or f"graph.{args.format}")
         nodes, edges = export_graph(store, roi, args.format, output)
     finally:
         store.close()
+        _undo_unless_running(created, config.output_dir)
     print(f"wrote {nodes} node(s) and {edges} edge(s) to {output}")
     return 0
 
