@@ -347,6 +347,17 @@ def test_read_block_edges_reads_only_those_blocks(store):
     assert len(store.read_block_edges("agglomerate", [9])) == 0
 
 
+def test_read_block_node_ids_reads_only_those_blocks(store):
+    store.commit_block("fragments", 0, BlockOutput(nodes=nodes([BIG, 3], np.zeros((2, 3)))))
+    store.commit_block("fragments", 1, BlockOutput(nodes=nodes([5], np.zeros((1, 3)))))
+    store.commit_block("fragments", 2, BlockOutput(nodes=nodes([7, 8], np.zeros((2, 3)))))
+    store.commit_block("fragments", 2, BlockOutput(nodes=nodes([9], np.zeros((1, 3)))))  # a rerun replaces
+    got = store.read_block_node_ids("fragments", [0, 2, 6])
+    assert got.dtype == np.uint64 and sorted(got.tolist()) == [3, 9, BIG]
+    assert len(store.read_block_node_ids("fragments", [])) == 0
+    assert len(store.read_block_node_ids("other", [0])) == 0
+
+
 def test_a_pickled_store_reopens_and_reads(store):
     """What a worker gets when a block function carries the store: the same rows, read there."""
     import pickle

@@ -195,6 +195,9 @@ class GraphStore(Protocol):
     def edge_block_ids(self, stage: str) -> list[int]:
         """Ids of the blocks of ``stage`` whose edges :meth:`read_block_edges` can read (sorted)."""
 
+    def read_block_node_ids(self, stage: str, block_ids: Sequence[int]) -> np.ndarray:
+        """Ids (uint64) of the nodes written by blocks ``block_ids`` of ``stage`` (any order)."""
+
     def read_block_edges(self, stage: str, block_ids: Sequence[int]) -> Edges:
         """The edges written by blocks ``block_ids`` of ``stage`` (any order; missing blocks read as none).
 

@@ -211,6 +211,19 @@ class FileGraphStore(LutFolder):
         """Ids of the blocks of ``stage`` that are done (sorted); those without edges read as empty."""
         return sorted(self.done_blocks(stage))
 
+    def read_block_node_ids(self, stage: str, block_ids: Sequence[int]) -> np.ndarray:
+        """Ids (uint64) of the nodes that blocks ``block_ids`` of ``stage`` wrote, in no particular order."""
+        folder = self._stage_dir(stage)
+        parts = []
+        for block_id in block_ids:
+            try:
+                with np.load(folder / f"{int(block_id)}.npz", allow_pickle=False) as archive:
+                    if "node_ids" in archive.files:
+                        parts.append(archive["node_ids"].astype(np.uint64))
+            except FileNotFoundError:
+                continue
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+
     def read_block_edges(self, stage: str, block_ids: Sequence[int]) -> Edges:
         """The edges that blocks ``block_ids`` of ``stage`` wrote, block by block in the order given."""
         folder = self._stage_dir(stage)

@@ -507,6 +507,15 @@ class PostgresGraphStore(LutFolder):
         rows = self._db.execute("SELECT block FROM done WHERE stage = %s AND edges > 0 ORDER BY block", (stage,))
         return [row[0] for row in rows]
 
+    def read_block_node_ids(self, stage: str, block_ids: Sequence[int]) -> np.ndarray:
+        """Ids (uint64) of the nodes that blocks ``block_ids`` of ``stage`` wrote, in no particular order."""
+        blocks = sorted({int(b) for b in block_ids})
+        if not blocks:
+            return np.zeros(0, np.uint64)
+        listed = ", ".join(str(b) for b in blocks)
+        (ids,) = self._copy_out(f"SELECT id FROM nodes WHERE stage = {_literal(stage)} AND block IN ({listed})", [">i8"])
+        return ids.astype(np.uint64)
+
     def read_block_edges(self, stage: str, block_ids: Sequence[int]) -> Edges:
         """The edges that blocks ``block_ids`` of ``stage`` wrote (in no particular order)."""
         blocks = sorted({int(b) for b in block_ids})

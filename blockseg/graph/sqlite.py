@@ -285,6 +285,14 @@ class SqliteGraphStore(LutFolder):
         rows = self._db.execute("SELECT block FROM edge_blocks WHERE stage = ? ORDER BY block", (stage,))
         return [row[0] for row in rows]
 
+    def read_block_node_ids(self, stage: str, block_ids: Sequence[int]) -> np.ndarray:
+        """Ids (uint64) of the nodes that blocks ``block_ids`` of ``stage`` wrote, in no particular order."""
+        parts = []
+        for block_id in block_ids:
+            rows = self._db.execute("SELECT id FROM nodes WHERE stage = ? AND block = ?", (stage, int(block_id)))
+            parts.append(np.array([row[0] for row in rows], np.int64))
+        return np.concatenate(parts).astype(np.uint64) if parts else np.zeros(0, np.uint64)
+
     def read_block_edges(self, stage: str, block_ids: Sequence[int]) -> Edges:
         """The edges that blocks ``block_ids`` of ``stage`` wrote, block by block in the order given."""
         parts = []
