@@ -23,7 +23,7 @@ from blockseg.tune_plan import Outcome, Sweep, plan_sweep
 from blockseg.tune_report import (
     format_table, pick_best, table_rows, write_tune_html, write_tune_json, write_tune_png, write_tuned_config,
 )
-from blockseg.tune_run import run_sweep
+from blockseg.tune_run import load_result, run_sweep
 
 
 @dataclass
@@ -110,9 +110,9 @@ def tune(
     extra = sum(not c.in_grid for c in sweep.combinations)
     say(f"tune: {len(sweep.combinations)} combination(s){' (the grid + the config as it is)' if extra else ''} "
         f"on the ROI {roi_text}, metric {metric}, in {sweep.folder}")
-    if client is None:
+    if client is None and any(load_result(c) is None for c in sweep.combinations):
         opened = open_client(sweep.base_config.cluster, quiet=True, log_dir=sweep.folder / "logs")
-    else:
+    else:  # nothing left to run (a rerun of a finished sweep, e.g. with another --metric): no cluster
         opened = contextlib.nullcontext(client)
     with opened as active:
         outcomes = run_sweep(sweep, active, parallel=parallel, say=say)
@@ -172,7 +172,8 @@ def main(args: argparse.Namespace) -> int:
     values = ", ".join(f"{k}={v}" for k, v in best["values"].items())
     chosen = best["best"]
     print(f"best: {values}{' (the config as it is)' if best['baseline'] else ''}: threshold {chosen['threshold']:g}, "
-          f"VOI sum {chosen['voi_sum']:.4f}, adapted Rand {chosen['adapted_rand_error']:.4f}")
+          f"VOI sum {chosen['voi_sum']:.4f}, adapted Rand {chosen['adapted_rand_error']:.4f}"
+          + (f", F1@{result.sweep.iou:g} {chosen['f1']:.4f}" if "f1" in chosen else ""))
     print(f"tuned config: {result.tuned_config} (whole volume: blockseg run {result.tuned_config})")
     written = [result.json_path, result.html_path] + ([result.figure] if result.figure else [])
     print(f"written: {', '.join(str(p) for p in written)}")

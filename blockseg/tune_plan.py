@@ -310,11 +310,12 @@ def plan_sweep(config_path: str | Path, roi: Sequence[int], grid_entries: Sequen
         except ConfigError as error:
             raise ConfigError(f"{what}: {str(error).removeprefix('config error: ')}") from None
         validated = tuple(_get(whole, key) for key in keys)
-        if baseline and validated in seen:
+        same = json.dumps(validated, sort_keys=True, default=str)  # values may be lists: compare as text
+        if baseline and same in seen:
             break  # the config's own values are in the grid
-        if validated in seen:
+        if same in seen:
             raise ConfigError(f"{what}: the same combination twice")
-        seen.add(validated)
+        seen.add(same)
         identity = {"grid": dict(zip(keys, validated)), "roi": [list(checked_roi.offset), list(checked_roi.shape)]}
         key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
         sub = _sub_config_data(data, checked_roi, folder / key)

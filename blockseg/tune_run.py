@@ -67,7 +67,8 @@ class _OnlyProblems(logging.Filter):
         return True
 
 
-def _load_result(combination: Combination) -> dict | None:
+def load_result(combination: Combination) -> dict | None:
+    """The stored result of a finished combination, or None if it must (still) run."""
     path = combination.folder / RESULT_FILE
     try:
         stored = json.loads(path.read_text())
@@ -104,15 +105,17 @@ def _f1_per_threshold(combination: Combination, iou: float) -> dict[str, float]:
 def _run_combination(combination: Combination, client, metric: str, iou: float | None) -> Outcome:
     from blockseg import api
 
-    stored = _load_result(combination)
+    stored = load_result(combination)
     recomputed = stored is None
     if stored is None:
         start = time.perf_counter()
         report = api.run(combination.config, client=client)
         seconds = time.perf_counter() - start
         if not report.ok:
-            first = report.failures[0]
-            reason = f"{len(report.failures)} block(s) failed, e.g. {first.stage} block {first.block_id}"
+            stage, stage_report = next((n, r) for n, r in report.stages.items() if r.failures)
+            first = stage_report.failures[0]
+            why = (first.traceback.strip().splitlines() or ["?"])[-1]
+            reason = f"{len(report.failures)} block(s) failed, first {stage} block {first.block_id}: {why}"
             return Outcome(combination, None, seconds, True, failed=reason)
         scores = report.scores or json.loads((combination.folder / "scores.json").read_text())
         stored = {"digest": combination.digest, "values": combination.values, "seconds": seconds, "scores": scores}
