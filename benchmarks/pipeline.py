@@ -52,8 +52,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     args = parser.parse_args()
 
-    from distributed import Client, LocalCluster
-
+    from blockseg.cluster import open_client
     from blockseg.config import load_config
     from blockseg.demo import DEMO_VOXEL_SIZE, write_demo_inputs
     from blockseg.pipeline import open_run, run_pipeline
@@ -79,13 +78,13 @@ def main() -> None:
                     "block_shape": [b * v for b, v in zip(block, voxel_size)],
                     "stages": {"relabel": {"thresholds": [0.3, 0.5]}},
                     "scheduler": {"progress": False},
+                    # blockseg's own local cluster, as `blockseg run` starts it
+                    "cluster": {"local": {"workers": args.workers, "threads_per_worker": 1}},
                 }
             )
         )
         config = load_config(config_path)
-        with LocalCluster(
-            n_workers=args.workers, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
-        ) as cluster, Client(cluster) as client:
+        with open_client(config.cluster, quiet=True) as client:
             run = open_run(config)
             reports = run_pipeline(run, client)
             run.store.close()

@@ -31,6 +31,16 @@ log = logging.getLogger("blockseg")
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
 
+#: glibc's allocator settings for worker processes. distributed's nanny sets
+#: MALLOC_TRIM_THRESHOLD_=65536 so that freed memory goes back to the OS at
+#: once; setting any threshold also freezes glibc's mmap threshold at 128 KiB,
+#: so every array of a block (megabytes each) becomes a fresh mmap whose pages
+#: fault in one by one. Measured on a fragments block of the benchmark volume:
+#: 53,000 page faults and 0.11 s of system time per block (a third of its
+#: time) against 1,800 and 0.015 s with these values. A worker keeps at most
+#: 128 MiB of freed heap for its next block.
+MALLOC_ENVIRON = {"MALLOC_MMAP_THRESHOLD_": str(64 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(128 * 2**20)}
+
 
 class VersionMismatch(RuntimeError):
     """A worker runs another blockseg than the driver."""
@@ -144,16 +154,41 @@ DEATH_CONFIG = {"distributed.scheduler.allowed-failures": 0}
 #: default it closes a nanny whose worker is gone 15 s after *any* earlier
 #: death of that worker, which a block that keeps killing its worker hits at
 #: random, leaving no worker and the run waiting forever.
-LOCAL_CONFIG = {**DEATH_CONFIG, "distributed.deploy.lost-worker-timeout": "3650 days"}
+LOCAL_CONFIG = {
+    **DEATH_CONFIG,
+    "distributed.deploy.lost-worker-timeout": "3650 days",
+    **{f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in MALLOC_ENVIRON.items()},
+}
 
 
 @contextlib.contextmanager
 def _local_client(config: ClusterConfig, quiet: bool, log_dir: Path | None) -> Iterator[Client]:
     # set for the cluster's whole life: the scheduler reads allowed-failures
     # when it starts, the cluster reads lost-worker-timeout at each death
-    with dask.config.set(LOCAL_CONFIG):
+    with dask.config.set(LOCAL_CONFIG), _allocator_environ():
         with _local_client_configured(config, quiet, log_dir) as client:
             yield client
+
+
+@contextlib.contextmanager
+def _allocator_environ() -> Iterator[None]:
+    """:data:`MALLOC_ENVIRON` in this process's environment while local workers spawn.
+
+    A nanny gives its worker the driver's environment where a variable is set
+    there, and copies its own defaults into the driver's environment when it
+    spawns: after any earlier cluster in this process, distributed's 64 KiB
+    trim threshold would be "already set" and win over the config.
+    """
+    saved = {name: os.environ.get(name) for name in MALLOC_ENVIRON}
+    os.environ.update(MALLOC_ENVIRON)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 #: Tries to bring a local cluster up when a worker dies while it starts.
@@ -251,7 +286,9 @@ def slurm_cluster_kwargs(config: ClusterConfig, log_dir: Path | None = None) -> 
         "walltime": slurm.walltime,
         "job_extra_directives": list(slurm.job_extra_directives),
         "job_script_prologue": list(slurm.job_script_prologue)
-        + [f"export {name}=1" for name in THREAD_VARIABLES],
+        + [f"export {name}=1" for name in THREAD_VARIABLES]
+        # the job's environment wins over the nanny's own default (see MALLOC_ENVIRON)
+        + [f"export {name}={value}" for name, value in MALLOC_ENVIRON.items()],
         "python": slurm.python or sys.executable,
         "scheduler_options": {"host": host, "dashboard_address": f"{host}:0"},
     }
