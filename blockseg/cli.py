@@ -137,6 +137,12 @@ def _run_locked(config, stages: Sequence[str] | None, restart: bool, state: dict
     _setup_logging(config.output_dir / "logs")
     where = "" if config.graph else " (the default: inside the output folder)"
     log.info("output %s; graph store %s%s", config.output_dir, config.graph_url, where)
+    scheduler = config.scheduler
+    log.debug(
+        "log file %s; cluster %s; volumes %s; retries %d, %d block(s) in flight per thread, block timeout %s",
+        config.output_dir / "logs" / "blockseg.log", config.cluster.kind, config.volumes_url, scheduler.retries,
+        scheduler.window_per_thread, f"{scheduler.block_timeout:g} s" if scheduler.block_timeout else "none",
+    )
     start = time.perf_counter()
     failed = None
     try:
