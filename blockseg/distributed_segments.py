@@ -144,6 +144,14 @@ def open_pairs(joined, low: int, high: int, reach: int, ids_per_block: int):
     return out
 
 
+def _contains(sorted_ids: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Whether each of ``queries`` is among ``sorted_ids`` (a binary search: both are sorted, no hashing)."""
+    if len(sorted_ids) == 0:
+        return np.zeros(len(queries), bool)
+    position = np.minimum(np.searchsorted(sorted_ids, queries), len(sorted_ids) - 1)
+    return sorted_ids[position] == queries
+
+
 def _homed_in(ids: np.ndarray, ids_per_block: int, low: int, high: int) -> np.ndarray:
     home = (ids // np.uint64(ids_per_block)).astype(np.int64)
     return (home >= low) & (home < high)
@@ -156,7 +164,7 @@ def resolve(joined, parent_final, low: int, high: int, ids_per_block: int):
     out = []
     for (ids, labels), (keys, values) in zip(joined, parent_final):
         final = lookup(keys, values, labels)
-        inherited = _homed_in(keys, ids_per_block, low, high) & ~np.isin(keys, ids)
+        inherited = _homed_in(keys, ids_per_block, low, high) & ~_contains(ids, keys)
         all_ids = np.concatenate([ids, keys[inherited]])
         all_final = np.concatenate([final, values[inherited]])
         order = np.argsort(all_ids, kind="stable")
@@ -178,7 +186,7 @@ def write_lut_pieces(state, parent_final, lut_folders, piece: int, low: int, hig
         if parent_final is not None:
             keys, values = parent_final[row]
             segments = lookup(keys, values, segments)
-            inherited = _homed_in(keys, ids_per_block, low, high) & ~np.isin(keys, own)
+            inherited = _homed_in(keys, ids_per_block, low, high) & ~_contains(own, keys)
             own = np.concatenate([own, keys[inherited]])
             segments = np.concatenate([segments, values[inherited]])
             order = np.argsort(own, kind="stable")
