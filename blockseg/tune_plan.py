@@ -207,6 +207,14 @@ def _get(config: Any, key: str) -> Any:
     return value.model_dump() if isinstance(value, BaseModel) else value
 
 
+def _raw(data: Any, key: str, default: Any) -> Any:
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return default
+        data = data[part]
+    return data
+
+
 def _check_roi(config: Any, roi_values: Sequence[int]):
     """The ROI as a :class:`~blockseg.geometry.Roi`, inside the volume and on ground truth."""
     from blockseg.geometry import Roi
@@ -220,12 +228,11 @@ def _check_roi(config: Any, roi_values: Sequence[int]):
         raise ConfigError(f"--roi: {roi} is empty")
     if not config.input.ground_truth:
         raise ConfigError("--roi: the config has no input.ground_truth; tune scores every combination against it")
-    reference_key = next(k for k in ("affinities", "boundaries", "embeddings", "channels", "raw")
-                         if getattr(config.input, k)) if any(
-        getattr(config.input, k) for k in ("affinities", "boundaries", "embeddings", "channels", "raw")) else None
+    given = [k for k in ("affinities", "boundaries", "embeddings", "channels", "raw") if getattr(config.input, k)]
+    reference_key = given[0] if given else "ground_truth"
     try:
         truth = open_volume(config.resolve(config.input.ground_truth))
-        reference = open_volume(config.resolve(getattr(config.input, reference_key))) if reference_key else truth
+        reference = open_volume(config.resolve(getattr(config.input, reference_key)))
     except VolumeError as error:
         raise ConfigError(f"--roi: {error}") from None
     if not roi.is_aligned(reference.voxel_size):
@@ -234,9 +241,9 @@ def _check_roi(config: Any, roi_values: Sequence[int]):
         raise ConfigError(f"--roi: {roi} is outside the volume {reference.roi} (input.{reference_key})")
     if not truth.roi.contains(roi):
         raise ConfigError(f"--roi: {roi} has no ground truth: input.ground_truth covers {truth.roi}")
-    # one z slab at a time: a ROI for tuning is small, but memory should not depend on it
-    slab = max(truth.voxel_size[0], (2**24 // max(1, roi.shape[1] * roi.shape[2] // (truth.voxel_size[1] * truth.voxel_size[2])))
-               * truth.voxel_size[0])
+    # a few z planes at a time (16 Mvoxel): a ROI for tuning is small, but memory should not depend on it
+    plane = (roi.shape[1] // truth.voxel_size[1]) * (roi.shape[2] // truth.voxel_size[2])
+    slab = max(1, 2**24 // max(1, plane)) * truth.voxel_size[0]
     for z in range(roi.offset[0], roi.end[0], slab):
         part = Roi((z, *roi.offset[1:]), (min(slab, roi.end[0] - z), *roi.shape[1:]))
         if truth.read(part).any():
@@ -248,6 +255,7 @@ def _dry_open(config: Any, what: str) -> None:
     """The checks ``blockseg run`` makes against the inputs, with the output in a throw-away folder."""
     from blockseg.graph import StoreError
     from blockseg.inputs import open_run
+    from blockseg.registry import stages_of
     from blockseg.run_state import InputError
     from blockseg.volume import VolumeError
 
@@ -257,11 +265,16 @@ def _dry_open(config: Any, what: str) -> None:
     trial._user_tasks = config.user_tasks
     try:
         run = open_run(trial)
-        run.store.close()
+        try:
+            scores = stages_of(run)["evaluate"].enabled(run)
+        finally:
+            run.store.close()
     except (ConfigError, InputError, VolumeError, StoreError) as error:
         raise ConfigError(f"{what}: {str(error).removeprefix('config error: ')}") from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    if not scores:
+        raise ConfigError(f"{what}: makes no segmentation to score (no affinities, boundaries or instances)")
 
 
 def plan_sweep(config_path: str | Path, roi: Sequence[int], grid_entries: Sequence[str], metric: str = "voi") -> Sweep:
@@ -298,6 +311,8 @@ def plan_sweep(config_path: str | Path, roi: Sequence[int], grid_entries: Sequen
     folder = base_config.output_dir / "tune"
     keys = list(grid)
     base_values = tuple(_get(base_config, key) for key in keys)
+    # the config's values as its YAML writes them (100, not the model's 100.0), else the defaults
+    base_shown = {key: _raw(base_data, key, value) for key, value in zip(keys, base_values)}
     combinations, seen = [], set()
     points = [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
     for values, baseline in [(v, False) for v in points] + [({}, True)]:
@@ -321,7 +336,7 @@ def plan_sweep(config_path: str | Path, roi: Sequence[int], grid_entries: Sequen
         sub = _sub_config_data(data, checked_roi, folder / key)
         config = parse_config(copy.deepcopy(sub), config_path.parent)
         _dry_open(config, what)
-        combinations.append(Combination(values if values else dict(zip(keys, base_values)), key, folder / key,
+        combinations.append(Combination(values if values else base_shown, key, folder / key,
                                         sub, config, baseline=baseline or validated == base_values, in_grid=not baseline))
     return Sweep(config_path, base_data, base_config, checked_roi, grid, name, iou, combinations, folder)
 
@@ -332,6 +347,8 @@ def _sub_config_data(data: dict, roi: Any, folder: Path) -> dict:
     sub["roi"] = {"offset": [int(v) for v in roi.offset], "shape": [int(v) for v in roi.shape]}
     sub["output"] = str(folder)
     sub.pop("graph", None)  # default: SQLite in the combination's own folder
+    stages = sub.get("stages") if isinstance(sub.get("stages"), dict) else {}
+    sub["stages"] = {**stages, "evaluate": {"enabled": True}}  # scoring is the point of a combination
     if isinstance(sub.get("storage"), dict):
         sub["storage"].pop("volumes", None)  # volumes in the combination's folder too
     if not isinstance(sub.get("scheduler"), dict):

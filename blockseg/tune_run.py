@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from blockseg.tune_plan import Combination, Outcome, Sweep
@@ -159,32 +159,61 @@ def run_sweep(sweep: Sweep, client, parallel: int | None = None, say=print) -> l
     blockseg_log.addHandler(to_files)
     outcomes: dict[str, Outcome] = {}
     errors: list[BaseException] = []
+    pending = queue.SimpleQueue()
+    for combination in combos:
+        pending.put(combination)
+    guard = threading.Lock()
+    stopping = threading.Event()  # the sweep was interrupted: runs that now break say nothing
 
     def one(combination: Combination) -> None:
-        threading.current_thread().name = THREAD_PREFIX + combination.key
+        threading.current_thread().name = THREAD_PREFIX + combination.key  # routes its log lines
         try:
             outcome = _run_combination(combination, client, sweep.metric, sweep.iou)
         except BaseException as error:  # noqa: BLE001 - reported after the other combinations finish
-            errors.append(error)
-            say(f"tune: {combination.key} ({combination.label}) stopped: {error}")
+            if stopping.is_set():
+                return
+            with guard:
+                errors.append(error)
+                say(f"tune: {combination.key} ({combination.label}) stopped: {error}")
             return
-        outcomes[combination.key] = outcome
         if outcome.failed:
             state = f"FAILED: {outcome.failed} (see {combination.folder / 'logs'})"
         elif outcome.recomputed:
             state = f"done in {outcome.seconds:.1f} s"
         else:
             state = "already done, not recomputed"
-        say(f"tune: {len(outcomes)}/{len(combos)} {combination.key} ({combination.label}): {state}")
+        with guard:
+            outcomes[combination.key] = outcome
+            say(f"tune: {len(outcomes)}/{len(combos)} {combination.key} ({combination.label}): {state}")
 
+    def drain() -> None:
+        while True:
+            try:
+                combination = pending.get_nowait()
+            except queue.Empty:
+                return
+            if stopping.is_set():
+                return
+            one(combination)
+
+    # daemon threads, joined with a timeout: Ctrl-C reaches the main thread at once, and the
+    # cluster's shutdown (the caller's) ends the runs still going; their ledgers resume them
+    drivers = [threading.Thread(target=drain, name=f"{THREAD_PREFIX}driver-{i}", daemon=True)
+               for i in range(max(1, min(parallel or len(combos), len(combos))))]
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(parallel or len(combos), len(combos)))) as pool:
-            list(pool.map(one, combos))
+        for driver in drivers:
+            driver.start()
+        for driver in drivers:
+            while driver.is_alive():
+                driver.join(0.2)
     finally:
-        blockseg_log.removeHandler(to_files)
-        to_files.close()
-        for handler in handlers:
-            handler.removeFilter(quiet)
+        stopping.set()
+        if not any(driver.is_alive() for driver in drivers):
+            # else interrupted: runs still going keep their lines off the terminal until the process ends
+            blockseg_log.removeHandler(to_files)
+            to_files.close()
+            for handler in handlers:
+                handler.removeFilter(quiet)
     if errors:
         raise errors[0]
     return [outcomes[c.key] for c in combos]
