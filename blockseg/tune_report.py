@@ -198,11 +198,11 @@ def write_tune_html(sweep: Sweep, rows: list[dict[str, Any]], table: str, tuned:
         cells = "".join(f"<td>{html.escape(str(row['values'][k]))}</td>" for k in keys)
         b = row["best"]
         if b is None:
-            scores = f'<td colspan="6">FAILED: {html.escape(str(row["failed"]))}</td>'
+            scores = f'<td colspan="{5 + (sweep.iou is not None)}">FAILED: {html.escape(str(row["failed"]))}</td>'
         else:
             scores = "".join(f"<td>{v}</td>" for v in (
                 f"{b['threshold']:g}", f"{b['voi_split']:.4f}", f"{b['voi_merge']:.4f}", f"{b['voi_sum']:.4f}",
-                f"{b['adapted_rand_error']:.4f}", f"{b['f1']:.4f}" if "f1" in b else "-"))
+                f"{b['adapted_rand_error']:.4f}", *([f"{b['f1']:.4f}"] if "f1" in b else [])))
         mark = ' class="best"' if rank == 1 and b is not None else ""
         note = " (config)" if row["baseline"] else ""
         body.append(f"<tr{mark}><td>{rank}</td><td><code>{row['key']}</code>{note}</td>{cells}{scores}"
@@ -230,7 +230,7 @@ img {{ max-width: 100%; }}
 {tuned_line}
 <table>
 <thead><tr><th>rank</th><th>key</th>{head}<th>threshold</th><th>voi_split</th><th>voi_merge</th><th>voi_sum</th>
-<th>adapted_rand</th><th>{html.escape(f"f1@{sweep.iou:g}" if sweep.iou is not None else "f1")}</th><th>seconds</th></tr></thead>
+<th>adapted_rand</th>{f"<th>f1@{sweep.iou:g}</th>" if sweep.iou is not None else ""}<th>seconds</th></tr></thead>
 <tbody>
 {chr(10).join(body)}
 </tbody>
