@@ -118,30 +118,23 @@ def reach_of(state) -> int:
     return state[2]
 
 
-def piece_pairs(state, low: int, high: int, reach: int, ids_per_block: int):
-    """The open fragments of a piece and their labels, per threshold."""
+def piece_pairs(state, row: int, low: int, high: int, reach: int, ids_per_block: int):
+    """The open fragments of a piece and their labels at one threshold (``row`` of the sorted thresholds)."""
     ids, labels, _ = state
     is_open = open_mask(ids, ids_per_block, low, high, reach)
-    return [(ids[is_open], row[is_open]) for row in labels]
+    return ids[is_open], labels[row][is_open]
 
 
 def join_pairs(children_pairs):
-    """The components of the children's pairs, per threshold: ``[(ids, labels)]``."""
-    joined = []
-    for per_threshold in zip(*children_pairs):
-        vertices = np.concatenate([p[0] for p in per_threshold])
-        parents = np.concatenate([p[1] for p in per_threshold])
-        joined.append(merge_pairs(vertices, parents))
-    return joined
+    """The components of the children's pairs at one threshold: ``(ids, labels)``."""
+    return merge_pairs(np.concatenate([p[0] for p in children_pairs]), np.concatenate([p[1] for p in children_pairs]))
 
 
 def open_pairs(joined, low: int, high: int, reach: int, ids_per_block: int):
-    """What a range passes up: its open ids and their labels."""
-    out = []
-    for ids, labels in joined:
-        is_open = open_mask(ids, ids_per_block, low, high, reach)
-        out.append((ids[is_open], labels[is_open]))
-    return out
+    """What a range passes up at one threshold: its open ids and their labels."""
+    ids, labels = joined
+    is_open = open_mask(ids, ids_per_block, low, high, reach)
+    return ids[is_open], labels[is_open]
 
 
 def _contains(sorted_ids: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -158,24 +151,24 @@ def _homed_in(ids: np.ndarray, ids_per_block: int, low: int, high: int) -> np.nd
 
 
 def resolve(joined, parent_final, low: int, high: int, ids_per_block: int):
-    """Final labels of a range's ids, and of its parent's ids whose home lies in the range (passed on down)."""
+    """Final labels of a range's ids at one threshold, and of its parent's ids homed in the range (passed on down)."""
     if parent_final is None:
         return joined
-    out = []
-    for (ids, labels), (keys, values) in zip(joined, parent_final):
-        final = lookup(keys, values, labels)
-        inherited = _homed_in(keys, ids_per_block, low, high) & ~_contains(ids, keys)
-        all_ids = np.concatenate([ids, keys[inherited]])
-        all_final = np.concatenate([final, values[inherited]])
-        order = np.argsort(all_ids, kind="stable")
-        out.append((all_ids[order], all_final[order]))
-    return out
+    ids, labels = joined
+    keys, values = parent_final
+    final = lookup(keys, values, labels)
+    inherited = _homed_in(keys, ids_per_block, low, high) & ~_contains(ids, keys)
+    all_ids = np.concatenate([ids, keys[inherited]])
+    all_final = np.concatenate([final, values[inherited]])
+    order = np.argsort(all_ids, kind="stable")
+    return all_ids[order], all_final[order]
 
 
-def write_lut_pieces(state, parent_final, lut_folders, piece: int, low: int, high: int, ids_per_block: int):
+def write_lut_pieces(state, parent_finals, lut_folders, piece: int, low: int, high: int, ids_per_block: int):
     """Write the LUT piece of every threshold: the fragments homed in blocks ``low .. high - 1``.
 
-    Returns ``[(fragments, segments)]`` counts per threshold.
+    ``parent_finals`` holds the parent range's final labels per threshold
+    (None for a run of one piece). Returns ``[(fragments, segments)]`` per threshold.
     """
     ids, labels, _ = state
     home = _homed_in(ids, ids_per_block, low, high)
@@ -183,8 +176,8 @@ def write_lut_pieces(state, parent_final, lut_folders, piece: int, low: int, hig
     for row, folder in enumerate(lut_folders):
         own = ids[home]
         segments = labels[row][home]
-        if parent_final is not None:
-            keys, values = parent_final[row]
+        if parent_finals is not None:
+            keys, values = parent_finals[row]
             segments = lookup(keys, values, segments)
             inherited = _homed_in(keys, ids_per_block, low, high) & ~_contains(own, keys)
             own = np.concatenate([own, keys[inherited]])
@@ -203,8 +196,8 @@ def write_lut_pieces(state, parent_final, lut_folders, piece: int, low: int, hig
 class _Range:
     low: int
     high: int
-    up: object  # future of the pairs passed up
-    joined: object = None  # future of the joined components (None for a piece)
+    up: list  # futures of the pairs passed up, one per threshold
+    joined: list = None  # futures of the joined components per threshold (None for a piece)
     state: object = None  # future of a piece's labels (None for a joined range)
     piece: int = -1
     children: list = field(default_factory=list)
@@ -250,31 +243,41 @@ def distributed_luts(
         pieces.append(_Range(low, high, None, state=state, piece=k))
     reach = max(client.gather(client.map(reach_of, [p.state for p in pieces], pure=False)))
 
+    rows = range(len(thresholds))
     for p in pieces:
-        p.up = client.submit(piece_pairs, p.state, p.low, p.high, reach, ids_per_block, pure=False)
+        p.up = [client.submit(piece_pairs, p.state, r, p.low, p.high, reach, ids_per_block, pure=False) for r in rows]
     level = pieces
     while len(level) > 1:
         parents = []
         for i in range(0, len(level), 2):
             children = level[i : i + 2]
             low, high = children[0].low, children[-1].high
-            joined = client.submit(join_pairs, [c.up for c in children], pure=False)
-            up = client.submit(open_pairs, joined, low, high, reach, ids_per_block, pure=False)
+            # one task per threshold: the thresholds' components are independent
+            joined = [client.submit(join_pairs, [c.up[r] for c in children], pure=False) for r in rows]
+            up = [client.submit(open_pairs, joined[r], low, high, reach, ids_per_block, pure=False) for r in rows]
             parents.append(_Range(low, high, up, joined=joined, children=children))
+            for child in children:  # held by the tasks that need them; the scheduler frees them after
+                child.up = None
         level = parents
 
     written = []
 
     def down(node: _Range, parent_final) -> None:
-        if node.state is not None:
+        if node.piece >= 0:
             written.append(client.submit(
                 write_lut_pieces, node.state, parent_final, folders, node.piece,
                 node.piece * blocks_per_piece if node.piece > 0 else 0,
                 (node.piece + 1) * blocks_per_piece if node.piece < num_pieces - 1 else UNBOUNDED,
                 ids_per_block, pure=False,
             ))
+            node.state = None
             return
-        final = client.submit(resolve, node.joined, parent_final, node.low, node.high, ids_per_block, pure=False)
+        final = [
+            client.submit(resolve, node.joined[r], None if parent_final is None else parent_final[r], node.low,
+                          node.high, ids_per_block, pure=False)
+            for r in rows
+        ]
+        node.joined = None
         for child in node.children:
             down(child, final)
 
