@@ -76,20 +76,10 @@ def format_scores(scores: dict) -> str:
     return "\n".join(lines)
 
 
-def _refusals() -> tuple[type[Exception], ...]:
-    """The errors that refuse a config or an input (exit code 2)."""
-    from blockseg.config import ConfigError
-    from blockseg.graph import StoreError
-    from blockseg.pipeline import InputError
-    from blockseg.volume import VolumeError
-
-    return ConfigError, InputError, VolumeError, StoreError
-
-
 def _run(config, stages: Sequence[str] | None, restart: bool, report_config: Path | None = None) -> int:
     """Run ``stages`` of ``config``; with ``report_config`` (the YAML's path) write report.html after it."""
     from blockseg.lock import OutputLock
-    from blockseg.refusal import NewPaths, run_paths
+    from blockseg.refusal import NewPaths, refusals, run_paths
     from blockseg.scheduler import StageFailed
 
     # what the run may create, noted before it exists (a bad graph URL is refused right here)
@@ -100,7 +90,7 @@ def _run(config, stages: Sequence[str] | None, restart: bool, report_config: Pat
         # run (or a --restart) is refused in one line naming the holder.
         with OutputLock(config.output_dir, command=" ".join(["blockseg", *sys.argv[1:2]])):
             code = _run_locked(config, stages, restart, state)
-    except _refusals() as refused:
+    except refusals() as refused:
         from blockseg.lock import OutputLocked
 
         run = state.get("run")
@@ -109,7 +99,7 @@ def _run(config, stages: Sequence[str] | None, restart: bool, report_config: Pat
         if run is None or not any(r.succeeded for name, r in run.reports.items() if name != "check"):
             # refused before any block was done: leave no empty folder or store behind
             _setup_logging(None)  # closes the log file first
-            _undo_unless_running(created, config.output_dir)
+            created.undo_unless_running(config.output_dir)
         raise
     except StageFailed:
         if report_config is not None:
@@ -217,16 +207,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     finally:
         if run is not None:
             run.store.close()
-        _undo_unless_running(created, config.output_dir)
+        created.undo_unless_running(config.output_dir)
     return 0
-
-
-def _undo_unless_running(created, output_dir: Path) -> None:
-    """Remove what a read-only command created, unless a run has taken the output meanwhile."""
-    from blockseg.lock import read_lock
-
-    if read_lock(output_dir) is None:
-        created.undo()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -284,14 +266,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from blockseg.config import load_config
-    from blockseg.refusal import NewPaths, run_paths
+    from blockseg.refusal import NewPaths, refusals, run_paths
 
     config = load_config(args.config)
     created = NewPaths(run_paths(config))  # a report never creates a run's folder or store
     try:
         _write_report(config, Path(args.config))
-    except _refusals():
-        _undo_unless_running(created, config.output_dir)
+    except refusals():
+        created.undo_unless_running(config.output_dir)
         raise
     return 0
 
@@ -318,7 +300,7 @@ def cmd_graph_export(args: argparse.Namespace) -> int:
         nodes, edges = export_graph(store, roi, args.format, output)
     finally:
         store.close()
-        _undo_unless_running(created, config.output_dir)
+        created.undo_unless_running(config.output_dir)
     print(f"wrote {nodes} node(s) and {edges} edge(s) to {output}")
     return 0
 

@@ -63,6 +63,13 @@ class NewPaths:
         # an outer folder removes what is inside it: keep only the outermost
         self.paths = [p for p in found if not any(o != p and p.is_relative_to(o) for o in found)]
 
+    def undo_unless_running(self, output_dir: Path) -> None:
+        """:meth:`undo`, unless a run holds ``output_dir`` by now (its lock): then all of it is that run's."""
+        from blockseg.lock import read_lock
+
+        if read_lock(output_dir) is None:
+            self.undo()
+
     def undo(self) -> None:
         """Remove what was created at the noted paths since this object was made."""
         for path in self.paths:
@@ -70,6 +77,16 @@ class NewPaths:
                 shutil.rmtree(path, ignore_errors=True)
             elif path.exists() or path.is_symlink():
                 path.unlink(missing_ok=True)
+
+
+def refusals() -> tuple[type[Exception], ...]:
+    """The errors that refuse a config or an input (``blockseg`` exits with 2)."""
+    from blockseg.config import ConfigError
+    from blockseg.graph import StoreError
+    from blockseg.run_state import InputError
+    from blockseg.volume import VolumeError
+
+    return ConfigError, InputError, VolumeError, StoreError
 
 
 def graph_paths(graph_url: str) -> list[Path]:
