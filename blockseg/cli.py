@@ -255,7 +255,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     folder = Path(args.out).resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    print(f"writing a synthetic volume {tuple(args.shape)} with ground truth and affinities to {folder / 'input.zarr'}")
+    if not args.quiet:
+        print(f"writing a synthetic volume {tuple(args.shape)} with ground truth and affinities to {folder / 'input.zarr'}")
     write_demo_inputs(folder, shape=args.shape, seed=args.seed)
     path = write_demo_config(folder)
     config = _apply_overrides(load_config(path), args)

@@ -48,9 +48,9 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 class Viewer:
     """``blockseg view`` in a subprocess, its printed lines collected by a thread."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, *options: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-u", "-m", "blockseg.cli", "view", str(config), "--no-browser"],
+            [sys.executable, "-u", "-m", "blockseg.cli", "view", str(config), "--no-browser", *options],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=config.parent,
         )
         self.lines: queue.Queue[str] = queue.Queue()
@@ -181,6 +181,33 @@ def test_napari_command_opens_the_same_outputs(served, demo):
     assert "scale=(20.0, 10.0, 10.0)" in script
 
 
+def test_the_neuroglancer_client_is_served_beside_the_data(served):
+    """Offline: the link opens the client that the same server serves, at /v/blockseg/."""
+    viewer, state, _ = served
+    link = next(line for line in viewer.printed if line.startswith("neuroglancer: ")).removeprefix("neuroglancer: ")
+    page = link.split("#!", 1)[0]
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v/blockseg/", page), link
+    base = page.removesuffix("/v/blockseg/")
+    assert all(_source_url(layer).startswith(base + "/") for layer in state["layers"])
+    status, headers, body = _fetch(page)
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    scripts = re.findall(r'src="([^"]+\.js)"', body.decode())
+    assert scripts
+    status, headers, _ = _fetch(page + scripts[-1])
+    assert status == 200 and headers["Content-Type"] == "text/javascript"
+    # what the client asks of "its Python server": acknowledged, nothing kept
+    request = urllib.request.Request(f"{base}/state/blockseg", data=json.dumps({"g": 7, "s": {}}).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert json.loads(answer.read()) == {"g": 7}
+    with urllib.request.urlopen(f"{base}/events/blockseg?c=test", timeout=10) as answer:
+        assert answer.headers["Content-Type"] == "text/event-stream"
+        assert answer.readline().startswith(b":")  # a comment: the stream is open, no state is pushed
+    assert _fetch(base + "/favicon.ico")[0] == 204
+    with pytest.raises(urllib.error.HTTPError) as error:  # the data stay read-only
+        urllib.request.urlopen(urllib.request.Request(base + "/volumes.zarr/zarr.json", data=b"{}", method="POST"))
+    assert error.value.code == 405
+
+
 def test_ctrl_c_stops_cleanly(served):
     """Last of the tests on the served output: it stops the server."""
     viewer, _, _ = served
@@ -198,3 +225,15 @@ def test_bad_port_and_missing_outputs_are_one_line_errors(tmp_path, demo):
     empty = _cli("view", str(config), "--no-browser", cwd=tmp_path)
     assert empty.returncode == 2
     assert "no fragments or segmentation to show yet" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_public_link_on_request(demo, tmp_path):
+    viewer = Viewer(demo, "--public")
+    try:
+        link = viewer.until("neuroglancer: ").removeprefix("neuroglancer: ")
+        assert link.startswith("https://neuroglancer-demo.appspot.com/#!")
+        assert all(_source_url(layer) for layer in parse_neuroglancer_link(link)["layers"])
+        assert not any("/v/blockseg/" in line for line in viewer.printed)
+    finally:
+        viewer.process.kill()
+        viewer.process.wait()
