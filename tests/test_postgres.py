@@ -257,3 +257,21 @@ def test_driver_killed_in_segments_resumes_to_identical_luts(tmp_path, small_inp
         )
     scores = [json.loads((folders[kind] / "out" / "scores.json").read_text()) for kind in ("killed", "fresh")]
     assert scores[0] == scores[1]
+
+
+def test_a_dropped_connection_is_replaced_on_next_use(tmp_path, postgres):
+    """A server restart or idle timeout drops a worker's connection: that commit fails (a retried attempt), the next reconnects."""
+    import psycopg
+
+    from blockseg.graph.base import BlockOutput, Edges
+
+    database = _database(postgres, "dropped")
+    store = open_store(postgres.url(database, luts=str(tmp_path / "luts")))
+    edges = Edges(np.array([1], np.uint64), np.array([2], np.uint64), np.array([0.5], np.float32))
+    store.commit_block("agglomerate", 0, BlockOutput(edges=edges))
+    postgres.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'")
+    with pytest.raises(psycopg.OperationalError):
+        store.commit_block("agglomerate", 1, BlockOutput(edges=edges))
+    store.commit_block("agglomerate", 1, BlockOutput(edges=edges))
+    assert store.done_blocks("agglomerate") == {0, 1}
+    store.close()

@@ -277,7 +277,8 @@ class PostgresGraphStore(LutFolder):
     @property
     def _db(self):
         connection = getattr(self._local, "connection", None)
-        if connection is None or connection.closed or self._pid != os.getpid():
+        # a connection the server dropped (restart, idle timeout) is replaced on next use
+        if connection is None or connection.closed or connection.broken or self._pid != os.getpid():
             connection = self._connect()
             self._local.connection = connection
             self._pid = os.getpid()
