@@ -140,5 +140,7 @@ def view(
         server.closing = True  # ends the client's idle event streams
         server.shutdown()
         server.server_close()
+        if server.request_log is not None:
+            server.request_log.close()
     print("blockseg view: stopped", flush=True)
     return 0

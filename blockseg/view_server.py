@@ -268,6 +268,7 @@ def start_server(
 
         raise ConfigError(f"--port: cannot serve on {HOST}:{port} ({error.strerror})") from None
     server.daemon_threads = True
+    server.request_log = requests  # closed by whoever stops the server (blockseg view does)
     thread = threading.Thread(target=server.serve_forever, name="blockseg-view", daemon=True)
     thread.start()
     return server, thread
