@@ -181,7 +181,7 @@ def view_lines(config: "PipelineConfig", config_path: Path, port: int = REPORT_V
         return {"command": "", "link": "", "napari": "", "note": str(error)}
     base_url = f"http://127.0.0.1:{port}"
     return {
-        "command": f"blockseg view {config_path} --port {port}",
+        "command": f"blockseg view {Path(config_path).resolve()} --port {port}",  # runs from any folder
         "link": neuroglancer_link(neuroglancer_state(layers, base_url), local_viewer_url(base_url)),
         "napari": napari_command(layers),
         "note": "",
