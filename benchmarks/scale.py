@@ -174,7 +174,7 @@ def open_benchmark_store(spec: str, folder: Path):
             raise SystemExit(f"no PostgreSQL server: {server}")
         os.environ["PGPASSFILE"] = str(server.pgpass)
         name = server.create_database("scale")
-        return open_store(server.url(name)), server
+        return open_store(server.url(name, luts=str(folder / "luts"))), server
     return open_store(spec), None
 
 
