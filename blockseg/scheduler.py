@@ -283,7 +283,11 @@ def run_stage(
             # next blocks while the results travel; then fetch them in one call.
             refill(len(finished))
             ready = [f for f in finished if f.status == "finished"]
-            attempts_by_future = dict(zip(ready, client.gather(ready))) if ready else {}
+            try:
+                attempts_by_future = dict(zip(ready, client.gather(ready))) if ready else {}
+            except Exception:  # noqa: BLE001 - a result lost with its worker between the check and the fetch
+                # each future on its own below: the lost one as a lost worker, the others as they are
+                attempts_by_future = {}
             for future in finished:
                 block_id, _ = in_flight.pop(future)
                 attempt = attempts_by_future.get(future)
