@@ -108,7 +108,7 @@ def parse_url(url: str, base: Path | None = None) -> tuple[dict, Path, str]:
     ------
     StoreError
         For a password in the URL (the message shows the URL without it),
-        a missing database name, or a setting blockseg does not pass on.
+        a missing database name or a port that is not a number.
     """
     parts = urlsplit(url)
     if parts.password is not None:
