@@ -39,16 +39,16 @@ def as_float(values: np.ndarray) -> np.ndarray:
     return values.astype(np.float32, copy=False)
 
 
-def read_boundary_map(volume: Volume, roi: Roi) -> np.ndarray:
+def read_boundary_map(volume: Volume, roi: Roi, cached: bool = False) -> np.ndarray:
     """A boundary map's values over ``roi`` as float32 ``(z, y, x)``; outside the data: 1 (boundary)."""
     pad = 255 if volume.dtype == np.uint8 else 1.0
-    data = volume.read(roi, pad_value=pad)
+    data = volume.read(roi, pad_value=pad, cached=cached)
     if data.ndim == 4:  # a (1, z, y, x) map
         data = data[0]
     return as_float(data)
 
 
-def read_affinities(volume: Volume, kind: str, roi: Roi) -> np.ndarray:
+def read_affinities(volume: Volume, kind: str, roi: Roi, cached: bool = False) -> np.ndarray:
     """Nearest-neighbour affinities ``(3, z, y, x)`` of ``roi`` (padded outside the data).
 
     Stored affinities come as stored (float, or uint8 x 255: the agglomerate
@@ -62,25 +62,27 @@ def read_affinities(volume: Volume, kind: str, roi: Roi) -> np.ndarray:
         Which of the two ``volume`` holds.
     roi : Roi
         The block's read ROI.
+    cached : bool
+        Through the worker's chunk cache (:mod:`blockseg.chunk_cache`).
     """
     if kind == AFFINITIES:
-        return volume.read(roi)[:3]
-    return _from_boundaries(volume, kind, roi)[0]
+        return volume.read(roi, cached=cached)[:3]
+    return _from_boundaries(volume, kind, roi, cached)[0]
 
 
-def _from_boundaries(volume: Volume, kind: str, roi: Roi) -> tuple[np.ndarray, np.ndarray]:
+def _from_boundaries(volume: Volume, kind: str, roi: Roi, cached: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Derived affinities ``(3, z, y, x)`` and the boundary map of ``roi``, from one read."""
     if kind != BOUNDARIES:
         raise ValueError(f"unknown source kind {kind!r}")
     # one voxel more on the low faces: each voxel's affinity looks one step back
-    grown = read_boundary_map(volume, roi.grow(volume.voxel_size, (0,) * len(volume.voxel_size)))
+    grown = read_boundary_map(volume, roi.grow(volume.voxel_size, (0,) * len(volume.voxel_size)), cached)
     inner = (slice(1, None),) * grown.ndim
     affinities = fragments_worker.affinities_from_boundaries(grown)[(slice(None),) + inner]
     return np.ascontiguousarray(affinities), np.ascontiguousarray(grown[inner])
 
 
 def read_block_inputs(
-    volume: Volume, kind: str, roi: Roi, need_affinities: bool
+    volume: Volume, kind: str, roi: Roi, need_affinities: bool, cached: bool = False
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """What a fragments block reads: float32 affinities (if needed), the boundary map and the mean affinity.
 
@@ -90,11 +92,11 @@ def read_block_inputs(
     and the mean is that of the derived affinities.
     """
     if kind == AFFINITIES:
-        stored = volume.read(roi)[:3]
+        stored = volume.read(roi, cached=cached)[:3]
         mean = fragments_worker.mean_affinity(stored)
         affinities = as_float(stored) if need_affinities else None
         return affinities, np.float32(1) - mean, mean
-    affinities, boundary = _from_boundaries(volume, kind, roi)
+    affinities, boundary = _from_boundaries(volume, kind, roi, cached)
     return affinities, boundary, affinities.mean(axis=0, dtype=np.float32)
 
 

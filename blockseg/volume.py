@@ -140,22 +140,40 @@ class Volume:
                 return False
         return True
 
-    def read(self, roi: Roi, pad_value: float = 0) -> np.ndarray:
-        """Read ``roi`` (snapped outwards to voxels); voxels outside the data are ``pad_value``."""
+    def read(self, roi: Roi, pad_value: float = 0, cached: bool = False) -> np.ndarray:
+        """Read ``roi`` (snapped outwards to voxels); voxels outside the data are ``pad_value``.
+
+        With ``cached``, decoded chunks come from and go to this worker's
+        :mod:`blockseg.chunk_cache` while a stage has configured one; only
+        for arrays that stage does not write.
+        """
         roi = roi.snap(self.voxel_size, "grow")
         _, shape = roi.to_voxels(self.voxel_size)
         inside = roi.intersect(self.roi)
         channels = tuple(slice(None) for _ in self.channel_shape)
         if inside == roi:
             # wholly inside the data: zarr's own new array, no padded copy
-            return np.asarray(self.array[channels + roi.slices(self.voxel_size, self.offset)])
+            return self._read_inside(channels + roi.slices(self.voxel_size, self.offset), cached)
         out = np.full(self.channel_shape + shape, pad_value, dtype=self.dtype)
         if inside.empty:
             return out
         source = inside.slices(self.voxel_size, self.offset)
         target = inside.slices(self.voxel_size, roi.offset)
-        out[channels + target] = self.array[channels + source]
+        out[channels + target] = self._read_inside(channels + source, cached)
         return out
+
+    def _read_inside(self, selection: tuple[slice, ...], cached: bool) -> np.ndarray:
+        if cached and isinstance(self.array, zarr.Array):
+            from blockseg import chunk_cache
+
+            full = tuple(
+                slice(0 if s.start is None else s.start, n if s.stop is None else s.stop)
+                for s, n in zip(selection, self.array.shape)
+            )
+            data = chunk_cache.read(self.array, self.url, full)
+            if data is not None:
+                return data
+        return np.asarray(self.array[selection])
 
     def write(self, roi: Roi, data: np.ndarray) -> None:
         """Write ``data`` to ``roi``, which must lie inside the data and be voxel aligned."""

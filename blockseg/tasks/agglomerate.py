@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import uuid
 
 import numpy as np
 
@@ -24,13 +25,20 @@ def agglomerate_block(
     ids_per_block: int,
     scoring: str,
     discretize_queue: int,
+    cache_scope: str = "",
 ) -> BlockOutput:
     """Merge scores of the RAG edges this block owns (``u`` is one of its fragments).
 
     A block wholly outside the mask has no fragments, so it owns no edge and
     reads nothing. Fragments are 0 outside the mask, so no edge crosses it.
+    With a ``cache_scope`` (one per stage run) decoded chunks of the
+    affinities and fragments are kept for the worker's next blocks.
     """
+    from blockseg import chunk_cache
     from blockseg.sources import read_affinities
+
+    if cache_scope:
+        chunk_cache.use(cache_scope)
 
     source = open_volume(source_url)
     voxel_size = source.voxel_size
@@ -38,8 +46,8 @@ def agglomerate_block(
     if mask_url is not None and _masked_out(mask_url, block, voxel_size)[0]:
         empty = np.zeros(0, np.uint64)
         return BlockOutput(edges=Edges(empty, empty, np.zeros(0, np.float32)), stats={"voxels": voxels, "edges": 0})
-    affs = read_affinities(source, source_kind, block.read_roi)
-    fragments = open_volume(fragments_url).read(block.read_roi)
+    affs = read_affinities(source, source_kind, block.read_roi, bool(cache_scope))
+    fragments = open_volume(fragments_url).read(block.read_roi, cached=bool(cache_scope))
     u, v, scores = agglomerate_worker.agglomerate_block(affs, fragments, scoring=scoring, discretize_queue=discretize_queue)
     # Each edge is written once: by the home block of its smaller endpoint.
     own = (u // np.uint64(ids_per_block)) == np.uint64(block.block_id)
@@ -66,5 +74,8 @@ STAGE = Stage(
         **run.source_arguments(),
         scoring=run.config.stages.agglomerate.scoring,
         discretize_queue=run.config.stages.agglomerate.discretize_queue,
+        # a new scope per stage run: fragments rewritten by a restarted
+        # fragments stage are never served from an older agglomerate's cache
+        cache_scope=uuid.uuid4().hex,
     ),
 )

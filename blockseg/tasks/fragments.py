@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import uuid
 from typing import Sequence
 
 import numpy as np
@@ -48,13 +49,19 @@ def fragments_block(
     fragments_in_xy: bool,
     min_mean_affinity: float | None,
     epsilon_agglomerate: float,
+    cache_scope: str = "",
 ) -> BlockOutput:
     """Fragments of the read ROI, cropped to the write ROI, with global ids; written, and their RAG nodes.
 
     A block whose write ROI lies wholly outside the mask writes zeros and
-    reads nothing else.
+    reads nothing else. With a ``cache_scope`` (one per stage run) the
+    input's decoded chunks are kept for the worker's next blocks.
     """
+    from blockseg import chunk_cache
     from blockseg.sources import read_block_inputs
+
+    if cache_scope:
+        chunk_cache.use(cache_scope)
 
     source = open_volume(source_url)
     voxel_size = source.voxel_size
@@ -67,7 +74,7 @@ def fragments_block(
         nodes.attrs["mean_affinity"] = np.zeros(0, np.float32)
         return BlockOutput(nodes=nodes, stats={"voxels": int(np.prod(shape)), "fragments": 0, "masked_blocks": 1})
     need_affinities = method == "mutex_watershed" or epsilon_agglomerate > 0
-    affs, boundary, mean = read_block_inputs(source, source_kind, block.read_roi, need_affinities)
+    affs, boundary, mean = read_block_inputs(source, source_kind, block.read_roi, need_affinities, bool(cache_scope))
     fragments = fragments_worker.make_fragments(
         method, affs, boundary, voxel_size, boundary_threshold=boundary_threshold,
         min_seed_distance=min_seed_distance, smooth_sigma=smooth_sigma, mws_bias=mws_bias,
@@ -135,5 +142,7 @@ STAGE = Stage(
         fragments_block,
         **run.source_arguments(),
         **run.config.stages.fragments.model_dump(exclude={"context", "ids_per_block", "chunk_shape"}),
+        # a new scope per stage run: no chunk outlives the stage that read it
+        cache_scope=uuid.uuid4().hex,
     ),
 )
