@@ -1,4 +1,9 @@
-"""Global connected components of the RAG: one lookup table per threshold.
+"""Global connected components of the RAG in one process: one lookup table per threshold.
+
+The pipeline's segments stage computes the same tables on the cluster, in
+pieces by home block (:mod:`blockseg.distributed_segments`); this module is
+the single-process reference they are tested against, and the single-file
+LUT format of earlier versions.
 
 A fragment's segment at threshold ``t`` is its connected component in the
 graph of edges with merge score ``<= t``. The edges are sorted by score once;
