@@ -44,6 +44,7 @@ import numba
 import numpy as np
 from scipy import ndimage
 
+from workers.seeds import minima_seeds
 from workers.watershed import quantize, seeded_watershed
 
 
@@ -106,11 +107,7 @@ def _boundary_watershed(
 ) -> np.ndarray:
     """Seeded watershed of one 2D or 3D boundary map in [0, 1]; labels 1..n, int64."""
     levels = _flood_levels(boundary, voxel_size, smooth_sigma)
-    lowest = ndimage.minimum_filter(levels, size=_seed_footprint(min_seed_distance, voxel_size), mode="nearest")
-    minima = levels == lowest
-    if mask is not None:
-        minima &= mask
-    seeds, _ = ndimage.label(minima, structure=np.ones((3,) * levels.ndim, bool))
+    seeds = minima_seeds(levels, _seed_footprint(min_seed_distance, voxel_size), mask)
     return seeded_watershed(levels, seeds, mask=mask)
 
 
