@@ -95,52 +95,69 @@ def _find(parent: np.ndarray, i: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _label_minima(levels: np.ndarray, lowest: np.ndarray, mask: np.ndarray, use_mask: bool) -> tuple:
-    """Seeds (int32) of the voxels where ``levels == lowest`` (and ``mask``), 26-connected, raster numbered."""
+def _label_minima(levels: np.ndarray, lowest: np.ndarray, mask: np.ndarray, use_mask: bool, parent: np.ndarray) -> tuple:
+    """Seeds (int32) of the voxels where ``levels == lowest`` (and ``mask``), 26-connected, raster numbered.
+
+    Plateaus can fill most of a block (cell interiors at level 0), so the
+    pass keeps the current voxel's root instead of looking it up again for
+    each of its 13 earlier neighbours, and the smaller root always wins: a
+    root is then the first voxel of its seed in raster order. ``parent``:
+    one integer per voxel, int32 where the voxel count allows (less memory
+    to walk).
+    """
     nz, ny, nx = levels.shape
     flat_levels = levels.ravel()
     flat_lowest = lowest.ravel()
     flat_mask = mask.ravel()
     size = flat_levels.size
-    parent = np.full(size, -1, np.int64)
+    parent[:] = -1
     plane = ny * nx
     for index in range(size):
         if flat_levels[index] != flat_lowest[index] or (use_mask and not flat_mask[index]):
             continue
-        parent[index] = index
         z = index // plane
         y = (index // nx) % ny
         x = index % nx
+        if x > 0 and parent[index - 1] >= 0:
+            # joined to the voxel before it, which already joined every
+            # earlier neighbour the two share: only those at x + 1 remain
+            root = _find(parent, index - 1)
+            parent[index] = root
+            first_dx = 1
+        else:
+            root = index
+            parent[index] = index
+            first_dx = -1
         # the 13 neighbours that come earlier in raster order
         for dz in range(-1, 1):
+            if z + dz < 0:
+                continue
             for dy in range(-1, 2):
-                for dx in range(-1, 2):
-                    if dz == 0 and (dy > 0 or (dy == 0 and dx >= 0)):
+                if y + dy < 0 or y + dy >= ny or (dz == 0 and dy > 0):
+                    continue
+                for dx in range(first_dx, 2):
+                    if x + dx < 0 or x + dx >= nx or (dz == 0 and dy == 0 and dx >= 0):
                         continue
-                    zz, yy, xx = z + dz, y + dy, x + dx
-                    if zz < 0 or yy < 0 or yy >= ny or xx < 0 or xx >= nx:
-                        continue
-                    other = (zz * ny + yy) * nx + xx
+                    other = index + (dz * ny + dy) * nx + dx
                     if parent[other] < 0:
                         continue
-                    a = _find(parent, index)
-                    b = _find(parent, other)
-                    if a != b:  # the earlier root stays the root
-                        if a < b:
-                            parent[b] = a
-                        else:
-                            parent[a] = b
+                    other_root = _find(parent, other)
+                    if other_root < root:
+                        parent[root] = other_root
+                        root = other_root
+                    elif other_root > root:
+                        parent[other_root] = root
     seeds = np.zeros(size, np.int32)
-    numbers = np.zeros(size, np.int32)
     count = 0
     for index in range(size):
         if parent[index] < 0:
             continue
         root = _find(parent, index)
-        if numbers[root] == 0:
+        if root == index:  # the seed's first voxel: numbered in raster order
             count += 1
-            numbers[root] = count
-        seeds[index] = numbers[root]
+            seeds[index] = count
+        else:
+            seeds[index] = seeds[root]
     return seeds.reshape(levels.shape), count
 
 
@@ -169,8 +186,9 @@ def minima_seeds(levels: np.ndarray, footprint: Sequence[int], mask: np.ndarray 
     radii = [int(f) // 2 for f in box]
     lowest = _min_outer_axes(np.ascontiguousarray(volume), radii[0], radii[1])
     _min_inner_axis(lowest, radii[2])
+    parent = np.empty(volume.size, np.int32 if volume.size < 2**31 else np.int64)
     if mask is None:
-        seeds, _ = _label_minima(volume, lowest, np.zeros((1, 1, 1), np.bool_), False)
+        seeds, _ = _label_minima(volume, lowest, np.zeros((1, 1, 1), np.bool_), False, parent)
     else:
-        seeds, _ = _label_minima(volume, lowest, (mask[None] if flat2d else mask).astype(np.bool_), True)
+        seeds, _ = _label_minima(volume, lowest, (mask[None] if flat2d else mask).astype(np.bool_), True, parent)
     return seeds[0] if flat2d else seeds
