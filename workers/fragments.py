@@ -233,7 +233,9 @@ def make_fragments(
         return _mutex_fragments(affinities, boundary, index, spacing, mws_bias, mws_min_size, smooth_sigma, part_mask)
 
     if not fragments_in_xy:
-        return segment((slice(None),) * boundary.ndim, voxel_size).astype(np.uint64)
+        labels = segment((slice(None),) * boundary.ndim, voxel_size)
+        # labels are never negative: int64 reads as uint64 without a copy
+        return labels.view(np.uint64) if labels.dtype == np.int64 else labels.astype(np.uint64)
     fragments = np.zeros(boundary.shape, np.uint64)
     next_id = 0
     for z in range(boundary.shape[0]):

@@ -113,12 +113,12 @@ def seeded_watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray | 
     padded = tuple(n + 2 for n in image.shape)
     cells = np.full(padded, cell_dtype(-1) << shift, cell_dtype)
     inner = tuple(slice(1, -1) for _ in range(image.ndim))
-    body = markers.astype(cell_dtype) << shift
+    body = cells[inner]  # a view: filled in place, no temporary of the volume's size
+    body[...] = markers
+    body <<= shift
     body |= image
     if mask is not None:
         body[~mask.astype(bool, copy=False)] = cell_dtype(-1) << shift
-    cells[inner] = body
-    del body
     strides = np.array([st // cells.itemsize for st in cells.strides], np.int64)
     num_levels = 256 if image.dtype == np.uint8 else 65536
     flat = cells.reshape(-1)
@@ -126,9 +126,9 @@ def seeded_watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray | 
     index_dtype = np.int32 if flat.size < 2**31 else np.int64
     order = np.empty(flat.size, index_dtype)
     _flood(flat, shift, strides, num_levels, order)
-    out = (cells[inner] >> shift).astype(np.int64)
-    out[out < 0] = 0
-    return out
+    labels = body >> shift
+    np.maximum(labels, 0, out=labels)  # the mask's -1 back to 0
+    return labels.astype(np.int64, copy=False)
 
 
 def quantize(values: np.ndarray, low: float, high: float, num_levels: int = 256) -> np.ndarray:
