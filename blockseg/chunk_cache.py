@@ -52,16 +52,19 @@ def use(scope: str) -> None:
     In a dask worker with a memory limit the cache takes at most an eighth of
     it (a 1 GiB worker keeps 128 MiB); elsewhere :data:`DEFAULT_BYTES`.
     """
-    limit = DEFAULT_BYTES
+    memory_limit = None
     try:
         from distributed import get_worker
 
         memory_limit = get_worker().memory_manager.memory_limit
-        if memory_limit:
-            limit = min(limit, int(memory_limit) // 8)
     except (ImportError, ValueError, AttributeError):  # not in a worker
         pass
-    configure(scope, limit)
+    configure(scope, limit_for(memory_limit))
+
+
+def limit_for(memory_limit: int | None) -> int:
+    """The cache's size in a worker with ``memory_limit`` bytes (None or 0: no limit)."""
+    return min(DEFAULT_BYTES, int(memory_limit) // 8) if memory_limit else DEFAULT_BYTES
 
 
 def clear() -> None:

@@ -103,6 +103,7 @@ def worker_budget(client) -> tuple[int, str] | None:
     """Bytes a worker has for one block and how that number came about; None without a memory limit."""
     import dask
 
+    from blockseg import chunk_cache
     from blockseg.scheduler import workers_info
 
     workers = list(workers_info(client).values())
@@ -115,11 +116,13 @@ def worker_budget(client) -> tuple[int, str] | None:
         limit = int(worker["memory_limit"])
         used = int(worker.get("metrics", {}).get("memory", 0) or 0)
         threads = max(1, int(worker.get("nthreads", 1)))
-        budgets.append(((limit * terminate - used) / threads, limit, used, threads))
-    budget, limit, used, threads = min(budgets)
+        # the decoded chunks a worker keeps between blocks (blockseg.chunk_cache)
+        cache = chunk_cache.limit_for(limit)
+        budgets.append(((limit * terminate - used - cache) / threads, limit, used, threads, cache))
+    budget, limit, used, threads, cache = min(budgets)
     how = (
         f"memory limit {limit / MIB:.0f} MiB, stopped at {terminate:.0%} of it, "
-        f"{used / MIB:.0f} MiB in use before any block"
+        f"{used / MIB:.0f} MiB in use before any block, up to {cache / MIB:.0f} MiB of cached input chunks"
     )
     if threads > 1:
         how += f", shared by {threads} threads"

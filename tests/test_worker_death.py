@@ -231,8 +231,9 @@ def test_preflight_refuses_blocks_that_cannot_fit_and_names_both_numbers(tmp_pat
         worst = max((block_memory(run, stage) for stage in stages if block_memory(run, stage)), key=lambda e: e.nbytes)
         in_use = 60 * MIB
         check_block_memory(run, stages, _FakeClient(memory_limit=1024 * MIB, memory=in_use))
-        # the nanny stops a worker at 95 % of its limit: leave half the block's need
-        limit = int((in_use + worst.nbytes / 2) / 0.95)
+        # the nanny stops a worker at 95 % of its limit, and an eighth of the
+        # limit is kept for cached input chunks: leave half the block's need
+        limit = int((in_use + worst.nbytes / 2) / (0.95 - 1 / 8))
         with pytest.raises(ConfigError) as refused:
             check_block_memory(run, stages, _FakeClient(memory_limit=limit, memory=in_use))
         message = str(refused.value)
