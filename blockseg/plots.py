@@ -120,14 +120,12 @@ def scores_figure(scores: Mapping[str, Any]):
     by_threshold.legend(loc="best", fontsize="small")
 
     tradeoff.plot(curves["voi_split"], curves["voi_merge"], "o-", color="tab:purple", label="trade-off")
-    for threshold, split, merge in zip(t, curves["voi_split"], curves["voi_merge"]):
-        tradeoff.annotate(f"{threshold:g}", (split, merge), textcoords="offset points", xytext=(4, 4),
-                          fontsize="x-small")
+    _tradeoff_scales(tradeoff)
+    _label_thresholds(tradeoff, t, curves["voi_split"], curves["voi_merge"])
     if best is not None and best in t:
         i = t.index(best)
         tradeoff.plot([curves["voi_split"][i]], [curves["voi_merge"][i]], "*", color="tab:green",
                       markersize=16, label=f"best {best:g}: VOI sum {curves['voi_sum'][i]:.4f}")
-    _tradeoff_scales(tradeoff)
     tradeoff.set_xlabel("VOI split (bits): over-segmentation")
     tradeoff.set_ylabel("VOI merge (bits): under-segmentation")
     title = "split / merge trade-off (symlog axes)"
@@ -145,6 +143,20 @@ def _tradeoff_scales(axes) -> None:
     axes.set_xscale("symlog", linthresh=0.01)
     axes.set_yscale("symlog", linthresh=0.01)
     axes.grid(True, which="major", alpha=0.3)
+
+
+def _label_thresholds(axes, thresholds: list[float], splits: list[float], merges: list[float]) -> None:
+    """Name the points by their threshold, skipping one that would sit on the last name written."""
+    axes.autoscale_view()
+    to_axes = axes.transData + axes.transAxes.inverted()  # fractions of the axes, after the symlog
+    last = None
+    for threshold, split, merge in zip(thresholds, splits, merges):
+        where = to_axes.transform((split, merge))
+        if last is not None and abs(where[0] - last[0]) < 0.06 and abs(where[1] - last[1]) < 0.04:
+            continue  # crowded (thresholds that change nothing): the curve says enough
+        axes.annotate(f"{threshold:g}", (split, merge), textcoords="offset points", xytext=(4, 4),
+                      fontsize="x-small")
+        last = where
 
 
 def _save(figure, path: str | Path, plotted: Mapping[str, Any]) -> Path:
