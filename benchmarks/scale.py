@@ -113,6 +113,20 @@ def generate_block(store_url: str, block_id: int, grid: tuple[int, int, int], no
     return n, len(pairs), made - start, time.perf_counter() - made
 
 
+def count_block(store_url: str, block_id: int) -> tuple:
+    """Nodes and edges of a block an earlier run wrote."""
+    from blockseg.distributed_segments import _node_ids
+    from blockseg.graph import open_store
+
+    store = open_store(store_url)
+    try:
+        edges = store.read_block_edges("agglomerate", [block_id])
+        nodes = _node_ids(store, "fragments", block_id)
+    finally:
+        store.close()
+    return len(nodes), len(edges), 0.0, 0.0
+
+
 def relabel_blocks(lut_paths: list[str], block_ids: list[int], nodes_mean: float, seed: int) -> int:
     """Each block's LUT rows of every threshold (its piece, memory-mapped), applied to its fragments."""
     from blockseg.lut_pieces import read_range
@@ -190,7 +204,11 @@ def run(args) -> dict:
     blocks = max(1, math.ceil(args.edges / edges_per_block))
     grid = grid_for(blocks)
     blocks = int(np.prod(grid))
-    folder = Path(tempfile.mkdtemp(prefix="blockseg-scale-", dir=args.tmp))
+    if args.folder:  # a folder of an earlier run: the blocks it wrote are not written again
+        folder = Path(args.folder)
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="blockseg-scale-", dir=args.tmp))
     store, server = open_benchmark_store(args.store, folder)
     figures: dict = {"store": args.store.split("://")[0], "workers": args.workers, "blocks": blocks,
                      "grid_blocks": list(grid), "block_voxels": list(block_voxels)}
@@ -204,7 +222,10 @@ def run(args) -> dict:
             nodes, edges, commit_seconds = 0, 0, 0.0
             window = 4 * args.workers
             done = as_completed()
-            for block_id in range(blocks):
+            written = store.done_blocks("agglomerate")
+            for block_id in written:  # counted, not made again (same seed, same blocks)
+                done.add(client.submit(count_block, store.url, block_id, pure=False))
+            for block_id in (b for b in range(blocks) if b not in written):
                 done.add(client.submit(generate_block, store.url, block_id, grid, nodes_mean, args.seed, pure=False))
                 if done.count() >= window:
                     n, e, _, c = next(done).result()
@@ -213,6 +234,8 @@ def run(args) -> dict:
                 n, e, _, c = future.result()
                 nodes, edges, commit_seconds = nodes + n, edges + e, commit_seconds + c
             write_seconds = time.perf_counter() - start
+            if written:
+                print(f"{len(written)} blocks were written by an earlier run: the write figures are not this run's")
             print(f"write: {edges:,} edges, {nodes:,} nodes in {write_seconds:.1f} s "
                   f"({edges / write_seconds:,.0f} edges/s; commits alone {commit_seconds:.1f} worker-s)")
 
@@ -246,7 +269,7 @@ def run(args) -> dict:
         relabel_seconds=round(relabel_seconds, 2), driver_peak_mib=round(driver_peak, 1),
         worker_peak_mib=round(worker_peak, 1), lut_bytes=lut_bytes,
     )
-    if args.store == "file" and not args.keep:
+    if args.store == "file" and not args.keep and not args.folder:
         import shutil
 
         shutil.rmtree(folder, ignore_errors=True)
@@ -298,6 +321,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tmp", default=None, help="where the store goes (default: the system's temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the file store")
+    parser.add_argument("--folder", help="the benchmark's folder (kept); blocks written there before are reused")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
     if args.quick:
