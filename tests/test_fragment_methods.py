@@ -240,3 +240,14 @@ def test_bad_fragment_inputs_are_one_line(tmp_path, small_inputs, bad_inputs, ch
     assert len(lines) == 1, result.stderr
     assert expected in lines[0], lines[0]
     assert not (tmp_path / "out" / "volumes.zarr").exists()
+
+
+@pytest.mark.parametrize("scoring", ["hist_quant_7", "hist_quant_100", "hist_quant_", "quantile_50"])
+def test_a_scoring_waterz_cannot_run_is_refused_by_the_config(scoring):
+    from pydantic import ValidationError
+
+    from blockseg.stage_config import AgglomerateConfig
+
+    with pytest.raises(ValidationError, match="unknown scoring"):
+        AgglomerateConfig(scoring=scoring)
+    assert AgglomerateConfig(scoring="hist_quant_10").scoring == "hist_quant_10"
