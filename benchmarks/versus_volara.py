@@ -73,7 +73,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -94,7 +93,6 @@ SWEEP = [round(-0.1 * i, 1) for i in range(1, 10)]
 EXTRACT_FRAGS = {"bias": [-0.6] * 3, "min_seed_distance": 10, "context": [4, 8, 8], "remove_debris": 64}
 AGGLOM_CONTEXT = [2, 2, 2]
 BLOCKSEG_THRESHOLD = 0.5
-REPORT_LINE = re.compile(r"^(\w+): (\d+) block\(s\) done, (\d+) already done, (\d+) submitted, in ([0-9.]+) s")
 
 DRIVER = r'''
 import multiprocessing as mp
@@ -256,10 +254,12 @@ def run_blockseg(folder: Path, block: tuple[int, ...], workers: int) -> dict[str
         sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
         _fail(f"blockseg run failed (exit {done.returncode}): {_last_line(done.stderr or done.stdout)}")
     figures = {"blockseg_run_seconds": run_seconds}
-    for line in done.stdout.splitlines():
-        match = REPORT_LINE.match(line.strip())
-        if match and match.group(1) in STAGES:
-            figures[f"blockseg_{match.group(1)}_seconds"] = float(match.group(5))
+    # each stage's seconds as the run recorded them (to the millisecond; the terminal shows tenths)
+    stages_file = work / "output" / "logs" / "stages.json"
+    recorded = json.loads(stages_file.read_text()) if stages_file.exists() else {}
+    for stage in STAGES:
+        if stage in recorded:
+            figures[f"blockseg_{stage}_seconds"] = float(recorded[stage]["seconds"])
     missing = [s for s in STAGES if f"blockseg_{s}_seconds" not in figures]
     if missing:
         _fail(f"blockseg run printed no report for {', '.join(missing)}")
