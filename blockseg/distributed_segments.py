@@ -38,8 +38,12 @@ from workers.components import UNBOUNDED, lookup, merge_pairs, open_mask, thresh
 
 # edges per piece the piece size aims at (memory of a piece task: about 0.3 KB per edge)
 EDGES_PER_PIECE = 2_000_000
-# and at least this many pieces, for parallelism on small runs
+# and at least this many pieces, for parallelism, once a graph has PARALLEL_EDGES edges
 MIN_PIECES = 8
+# below this a graph is one piece: a piece task is milliseconds there, and the
+# tree of joins over 8 pieces (a task per threshold and level) cost 0.75 s on
+# the 8-block benchmark volume against 0.05 s for the whole stage before
+PARALLEL_EDGES = 1_000_000
 
 
 # -- reading a piece's rows on a worker -------------------------------------
@@ -209,6 +213,8 @@ def choose_blocks_per_piece(store, stages: Sequence[str], num_blocks: int) -> in
     edges = sum(len(store.read_block_edges(stage, [b])) for stage in stages for b in samples)
     per_block = max(1.0, edges / max(len(samples), 1))
     by_memory = max(1, int(EDGES_PER_PIECE // per_block))
+    if per_block * num_blocks < PARALLEL_EDGES:
+        return max(1, min(by_memory, num_blocks))
     return max(1, min(by_memory, math.ceil(num_blocks / MIN_PIECES)))
 
 
