@@ -131,6 +131,11 @@ def test_demo_luts_and_scores(tmp_path, demo_inputs, client, graph):
     for t in (0.3, 0.5):
         whole = evaluate_worker.evaluate_arrays(read_dataset(run.segmentation_url(t)), truth)
         assert run.scores["thresholds"][repr(t)] == pytest.approx(whole, rel=1e-12, abs=1e-12)
+    # a graph this small is one piece in the pipeline: the tree of joins, with pieces of 1 and 5 blocks
+    for blocks_per_piece in (1, 5):
+        distributed_luts(client, run.store, ["fragments", "agglomerate"], thresholds, run.grid().num_blocks,
+                         run.ids_per_block, blocks_per_piece=blocks_per_piece)
+        assert_luts_equal_oracle(run.store, thresholds)
     run.store.close()
 
 
