@@ -62,7 +62,7 @@ MEASURED = {
     "score_quantiles": [0.002, 0.002, 0.002, 0.002, 0.002, 0.002, 0.0059, 0.0098, 0.0137, 0.0293, 0.1855, 0.5254, 0.5332, 0.541, 0.5488, 0.5527, 0.5566, 0.5605, 0.5645, 0.5762, 0.8652],
 }
 # Per worker (one core), from README "Fragments" (python benchmarks/pipeline.py): Mvoxel/s.
-PIPELINE_RATES = {"fragments": 2.0, "agglomerate": 2.4}
+PIPELINE_RATES = {"fragments": 3.5, "agglomerate": 4.3}
 
 
 def _block_nodes(block_id: int, mean: float, seed: int) -> int:
