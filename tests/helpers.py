@@ -49,3 +49,26 @@ def voronoi_cells(shape: tuple[int, ...], n_seeds: int, radius: float, seed: int
     labels = markers[tuple(nearest)]
     labels[distance > radius] = 0
     return labels
+
+
+FLYEM = SHARED_DATA / "flyem_medulla_250.npz"
+
+
+def write_flyem_inputs(folder: Path) -> tuple[Path, tuple[int, ...], np.ndarray]:
+    """FlyEM medulla's labels and affinities made from them (noise 0.1) as ``folder/flyem.zarr``.
+
+    Returns the container, the voxel size and the labels.
+    """
+    from blockseg.geometry import Roi
+    from blockseg.synthetic import affinities_from_labels
+    from blockseg.volume import create_volume
+
+    data = np.load(FLYEM)
+    labels = data["labels"].astype(np.uint64)
+    voxel_size = tuple(int(v) for v in data["voxel_size"])
+    roi = Roi((0, 0, 0), tuple(s * v for s, v in zip(labels.shape, voxel_size)))
+    affinities = affinities_from_labels(labels, noise=0.1, seed=0, membrane_width=2)
+    inputs = folder / "flyem.zarr"
+    create_volume(f"{inputs}/affinities", roi, voxel_size, np.float32, (64, 64, 64), (3,)).write(roi, affinities)
+    create_volume(f"{inputs}/labels", roi, voxel_size, np.uint64, (64, 64, 64)).write(roi, labels)
+    return inputs, voxel_size, labels

@@ -7,24 +7,19 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from blockseg.config import load_config
 from blockseg.distributed_segments import distributed_luts
-from blockseg.geometry import Roi
 from blockseg.graph import BlockOutput, Edges, FileGraphStore, Nodes, SqliteGraphStore
 from blockseg.graph.base import StageState
 from blockseg.pipeline import open_run, run_pipeline
 from blockseg.segments import connected_component_luts
-from blockseg.synthetic import affinities_from_labels
-from blockseg.volume import create_volume
-from helpers import SHARED_DATA, read_dataset, write_config
+from helpers import FLYEM, write_flyem_inputs, read_dataset, write_config
 from workers import evaluate as evaluate_worker
 
-FLYEM = SHARED_DATA / "flyem_medulla_250.npz"
 THRESHOLDS = [0.1, 0.3, 0.5, 0.7, 0.9, 1.0]
 
 
@@ -141,14 +136,7 @@ def test_demo_luts_and_scores(tmp_path, demo_inputs, client, graph):
 
 @pytest.mark.skipif(not FLYEM.exists(), reason=f"real data missing: {FLYEM} (see ../shared/data/README.md)")
 def test_flyem_luts_equal_single_process(tmp_path, client):
-    data = np.load(FLYEM)
-    labels = data["labels"].astype(np.uint64)
-    voxel_size = tuple(int(v) for v in data["voxel_size"])
-    roi = Roi((0, 0, 0), tuple(s * v for s, v in zip(labels.shape, voxel_size)))
-    affinities = affinities_from_labels(labels, noise=0.1, seed=0, membrane_width=2)
-    inputs = tmp_path / "flyem.zarr"
-    create_volume(f"{inputs}/affinities", roi, voxel_size, np.float32, (64, 64, 64), (3,)).write(roi, affinities)
-    create_volume(f"{inputs}/labels", roi, voxel_size, np.uint64, (64, 64, 64)).write(roi, labels)
+    inputs, voxel_size, labels = write_flyem_inputs(tmp_path)
     config = load_config(write_config(tmp_path, inputs, block_voxels=(64, 64, 64), voxel_size=voxel_size))
     run = open_run(config)
     run_pipeline(run, client, stages=["check", "fragments", "agglomerate", "segments"])
@@ -167,7 +155,6 @@ def test_flyem_luts_equal_single_process(tmp_path, client):
 # below only adds a pause there and a file saying the pause began.
 _PAUSED_DRIVER = """
 import sys, time
-from pathlib import Path
 import blockseg.lut_pieces as lut_pieces
 original = lut_pieces.write_index
 def paused(folder, *args, **kwargs):

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from blockseg.config import load_config
-from blockseg.geometry import Roi
 from blockseg.pipeline import open_run, run_pipeline
-from blockseg.synthetic import affinities_from_labels
-from blockseg.volume import create_volume
-from helpers import SHARED_DATA, write_config
+from helpers import FLYEM, write_flyem_inputs, write_config
 
-FLYEM = SHARED_DATA / "flyem_medulla_250.npz"
 
 # The bound, and why: the affinities are the ground truth's own boundaries as a
 # network would predict them (low on a 2-voxel membrane band, noise 0.1, blur
@@ -28,14 +23,7 @@ VOI_BOUND = 1.2
 
 @pytest.mark.skipif(not FLYEM.exists(), reason=f"real data missing: {FLYEM} (see ../shared/data/README.md)")
 def test_flyem_medulla_segmentation_scores(tmp_path, client):
-    data = np.load(FLYEM)
-    labels = data["labels"].astype(np.uint64)
-    voxel_size = tuple(int(v) for v in data["voxel_size"])
-    roi = Roi((0, 0, 0), tuple(s * v for s, v in zip(labels.shape, voxel_size)))
-    affinities = affinities_from_labels(labels, noise=0.1, seed=0, membrane_width=2)
-    inputs = tmp_path / "flyem.zarr"
-    create_volume(f"{inputs}/affinities", roi, voxel_size, np.float32, (64, 64, 64), (3,)).write(roi, affinities)
-    create_volume(f"{inputs}/labels", roi, voxel_size, np.uint64, (64, 64, 64)).write(roi, labels)
+    inputs, voxel_size, labels = write_flyem_inputs(tmp_path)
 
     config = load_config(write_config(tmp_path, inputs, block_voxels=(64, 128, 128), voxel_size=voxel_size))
     run = open_run(config)
