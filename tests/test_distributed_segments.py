@@ -155,6 +155,7 @@ def test_flyem_luts_equal_single_process(tmp_path, client):
 # below only adds a pause there and a file saying the pause began.
 _PAUSED_DRIVER = """
 import sys, time
+from pathlib import Path
 import blockseg.lut_pieces as lut_pieces
 original = lut_pieces.write_index
 def paused(folder, *args, **kwargs):
