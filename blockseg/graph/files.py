@@ -5,7 +5,7 @@ Layout under the store's folder::
     meta.json                     what pipeline wrote here
     stages/<stage>.json           fingerprint and token of a stage's results
     blocks/<stage>/<block>.npz    a block's nodes, edges and result; its done mark
-    luts/threshold_<t>.npy        lookup tables
+    luts/threshold_<t>/           a lookup table: piece_<k>.npy by home block, index.json last
 
 A block file is written under a temporary name in the same folder and renamed
 into place, which is atomic on POSIX filesystems (shared ones included): a
