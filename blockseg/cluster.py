@@ -154,11 +154,7 @@ DEATH_CONFIG = {"distributed.scheduler.allowed-failures": 0}
 #: default it closes a nanny whose worker is gone 15 s after *any* earlier
 #: death of that worker, which a block that keeps killing its worker hits at
 #: random, leaving no worker and the run waiting forever.
-LOCAL_CONFIG = {
-    **DEATH_CONFIG,
-    "distributed.deploy.lost-worker-timeout": "3650 days",
-    **{f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in MALLOC_ENVIRON.items()},
-}
+LOCAL_CONFIG = {**DEATH_CONFIG, "distributed.deploy.lost-worker-timeout": "3650 days"}
 
 
 @contextlib.contextmanager
@@ -174,10 +170,11 @@ def _local_client(config: ClusterConfig, quiet: bool, log_dir: Path | None) -> I
 def _allocator_environ() -> Iterator[None]:
     """:data:`MALLOC_ENVIRON` in this process's environment while local workers spawn.
 
-    A nanny gives its worker the driver's environment where a variable is set
-    there, and copies its own defaults into the driver's environment when it
-    spawns: after any earlier cluster in this process, distributed's 64 KiB
-    trim threshold would be "already set" and win over the config.
+    A nanny gives its worker the driver's environment, and where a variable
+    of its ``pre-spawn-environ`` defaults is already set there the driver's
+    value wins; so this is all a local worker needs. Set for the cluster's
+    whole life (a nanny restarts dead workers) and restored after: a nanny
+    also copies its defaults into the driver's environment when it spawns.
     """
     saved = {name: os.environ.get(name) for name in MALLOC_ENVIRON}
     os.environ.update(MALLOC_ENVIRON)

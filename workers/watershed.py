@@ -103,11 +103,12 @@ def seeded_watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray | 
         raise ValueError(f"image shape {image.shape} and markers shape {markers.shape} differ")
     if image.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"image must be uint8 or uint16 levels, got {image.dtype}; see quantize()")
-    if markers.max(initial=0) >= 2**31:
+    highest = int(markers.max(initial=0))
+    if highest >= 2**31:
         raise ValueError("markers must be below 2**31")
     shift = 8 if image.dtype == np.uint8 else 16
     # label and level share one integer per voxel (see _flood); int32 where the labels leave room
-    cell_dtype = np.int32 if int(markers.max(initial=0)) < 2 ** (31 - shift) else np.int64
+    cell_dtype = np.int32 if highest < 2 ** (31 - shift) else np.int64
     # A border of label -1 around the volume stops the flood without a bounds
     # check per neighbour: a voxel's neighbours are then plain offsets in the flat array.
     padded = tuple(n + 2 for n in image.shape)
