@@ -53,5 +53,10 @@ def wait_for_warm_up(client: Client) -> None:
     Called before the first stage that uses them: the loading overlaps with
     whatever ran before (opening the run, the input check), and what is left
     of it is not counted in that stage's blocks.
+
+    A worker that dies while it is being waited on (a small memory limit,
+    a lost node) is not an error here: its nanny's replacement loads the
+    kernels again as it joins, and the stage's own retries and reports deal
+    with whatever killed it.
     """
-    client.run(_finished_loading)
+    client.run(_finished_loading, on_error="ignore")
