@@ -95,6 +95,22 @@ def test_bad_model_is_refused_before_any_block(tmp_path, small_inputs, client, c
     assert not (tmp_path / "out" / "volumes.zarr" / "affinities").exists()
 
 
+def test_worker_lost_while_the_model_is_tried_does_not_end_the_stage(tmp_path, small_inputs):
+    """The probe's broadcast meets a dead worker: the stage goes on with its replacement."""
+    from blockseg.cluster import open_client
+    from blockseg.config import ClusterConfig
+
+    config = _config(tmp_path, small_inputs, model="python:toy_models:dies_on_the_probe")
+    with open_client(ClusterConfig(local={"workers": 1, "memory_limit": "1GiB", "dashboard": False}), quiet=True) as own:
+        run = open_run(config)
+        reports = run_pipeline(run, own, stages=["predict"])
+        run.store.close()
+    assert reports["predict"].total == reports["predict"].submitted == 2 * 3 * 3
+    got = read_dataset(run.dataset_url("affinities"))
+    np.testing.assert_array_equal(got, _whole(read_dataset(f"{small_inputs}/raw"), str(got.dtype)))
+    assert got.dtype == np.uint8 and got.std() > 0
+
+
 def test_raw_dtype_the_normaliser_does_not_handle(tmp_path, small_inputs):
     raw = open_volume(f"{small_inputs}/raw")
     bad = create_volume(f"{tmp_path}/bad.zarr/raw", raw.roi, raw.voxel_size, np.int64, (32, 64, 64))

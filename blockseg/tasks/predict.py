@@ -133,13 +133,27 @@ def _predict_prepare(run: Run) -> None:
     # every worker that will predict loads the model now, in parallel, so a
     # worker that cannot is found before any block, and loading is not timed
     workers = _workers_with(run.client, resources)
-    try:
-        run.client.run(
-            probe_model, spec, cfg.device, cfg.input_shape, cfg.output_shape,
-            sum(cfg.outputs.values()), workers=workers,
-        )
-    except ModelError as error:
-        raise InputError(f"stages.predict: {error}") from None
+    outcomes = run.client.run(
+        probe_model, spec, cfg.device, cfg.input_shape, cfg.output_shape,
+        sum(cfg.outputs.values()), workers=workers, on_error="return",
+    )
+    for outcome in outcomes.values():
+        if isinstance(outcome, ModelError):
+            raise InputError(f"stages.predict: {outcome}") from None
+        # a worker that died while loading (its memory limit, a lost node) is
+        # not the model's fault: the stage's blocks meet it again, and the
+        # scheduler retries them and reports what killed the worker
+        if isinstance(outcome, BaseException) and not _lost_worker(outcome):
+            raise outcome
+
+
+def _lost_worker(error: BaseException) -> bool:
+    """Whether ``error`` is the scheduler failing to reach a worker, not the probe failing on it."""
+    from distributed.comm.core import CommClosedError
+
+    # connecting to a dead worker fails with a bare OSError; a missing model
+    # file raised on the worker is an OSError subclass and must be reported
+    return isinstance(error, CommClosedError) or type(error) is OSError
 
 
 def _workers_with(client: Client, resources: dict) -> list[str]:
