@@ -81,7 +81,7 @@ def test_without_matplotlib_one_line_and_no_picture(tmp_path, monkeypatch, caplo
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     with pytest.raises(PlotsUnavailable, match=r'pip install "blockseg\[plots\]"'):
         plot_scores(SCORES, tmp_path / "scores.png")
-    with caplog.at_level("WARNING", logger="blockseg"):
+    with caplog.at_level("INFO", logger="blockseg"):
         assert write_scores_png(SCORES, tmp_path) is None
     assert not (tmp_path / "scores.png").exists()
     assert "no scores.png" in caplog.text

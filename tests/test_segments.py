@@ -139,3 +139,13 @@ def test_read_lut_range_returns_exactly_the_range(tmp_path):
         expected = sorted(f for f in lut if low <= f < high)
         assert got_f.tolist() == expected
         assert got_s.tolist() == [lut[f] for f in expected]
+
+
+def test_segment_counts_are_one_line():
+    from blockseg.tasks.segments import describe_counts
+
+    assert describe_counts({0.1: (120, 40), 0.5: (120, 12), 0.95: (120, 1)}) == (
+        "120 fragments -> segments at 0.1: 40, 0.5: 12, 0.95: 1"
+    )
+    # a store whose fragments differ between thresholds says so per threshold
+    assert describe_counts({0.25: (10, 4), 0.75: (9, 2)}) == "fragments -> segments at 0.25: 4 (of 10), 0.75: 2 (of 9)"

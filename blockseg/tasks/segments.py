@@ -31,8 +31,18 @@ def _segments_step(run: Run) -> None:
     counts = distributed_luts(
         run.client, run.store, graph_stages(run), thresholds, run.grid().num_blocks, run.ids_per_block
     )
-    for threshold, (fragments, segments) in counts.items():
-        log.info("segments: threshold %r: %d fragments -> %d segments", threshold, fragments, segments)
+    log.info("segments: %s", describe_counts(counts))
+
+
+def describe_counts(counts: dict[float, tuple[int, int]]) -> str:
+    """One line for every threshold's ``(fragments, segments)``, e.g. ``120 fragments -> segments at 0.1: 40, 0.5: 12``."""
+    fragments = {n for n, _ in counts.values()}
+    per_threshold = ", ".join(
+        f"{threshold:g}: {segments}" + ("" if len(fragments) == 1 else f" (of {n})")
+        for threshold, (n, segments) in counts.items()
+    )
+    head = f"{fragments.pop()} fragments -> " if len(fragments) == 1 else "fragments -> "
+    return f"{head}segments at {per_threshold}"
 
 
 STAGE = Stage(
