@@ -115,13 +115,12 @@ def generate_block(store_url: str, block_id: int, grid: tuple[int, int, int], no
 
 def count_block(store_url: str, block_id: int) -> tuple:
     """Nodes and edges of a block an earlier run wrote."""
-    from blockseg.distributed_segments import _node_ids
     from blockseg.graph import open_store
 
     store = open_store(store_url)
     try:
         edges = store.read_block_edges("agglomerate", [block_id])
-        nodes = _node_ids(store, "fragments", block_id)
+        nodes = store.read_block_node_ids("fragments", [block_id])
     finally:
         store.close()
     return len(nodes), len(edges), 0.0, 0.0

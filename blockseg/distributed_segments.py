@@ -49,26 +49,6 @@ PARALLEL_EDGES = 1_000_000
 # -- reading a piece's rows on a worker -------------------------------------
 
 
-def _node_ids(store, stage: str, block_id: int) -> np.ndarray:
-    """Ids of the nodes block ``block_id`` of ``stage`` wrote."""
-    reader = getattr(store, "read_block_node_ids", None)
-    if reader is not None:
-        return np.asarray(reader(stage, [block_id]), np.uint64)
-    from blockseg.graph.files import FileGraphStore
-    from blockseg.graph.sqlite import SqliteGraphStore
-
-    if isinstance(store, FileGraphStore):
-        try:
-            nodes = store._load_nodes(store._stage_dir(stage) / f"{int(block_id)}.npz")
-        except FileNotFoundError:
-            return np.zeros(0, np.uint64)
-        return np.zeros(0, np.uint64) if nodes is None else nodes.ids.astype(np.uint64)
-    if isinstance(store, SqliteGraphStore):
-        rows = store._db.execute("SELECT id FROM nodes WHERE stage = ? AND block = ?", (stage, int(block_id)))
-        return np.array([row[0] for row in rows], np.int64).astype(np.uint64)
-    raise TypeError(f"{type(store).__name__} cannot read one block's nodes (read_block_node_ids)")
-
-
 def read_piece(store_url: str, stages: Sequence[str], first_block: int, end_block: int, ids_per_block: int):
     """The edges and node ids blocks ``first_block .. end_block - 1`` wrote, and how far they reach.
 
@@ -86,7 +66,7 @@ def read_piece(store_url: str, stages: Sequence[str], first_block: int, end_bloc
         for stage in stages:
             for block_id in range(first_block, end_block):
                 edges = store.read_block_edges(stage, [block_id])
-                ids = _node_ids(store, stage, block_id)
+                ids = store.read_block_node_ids(stage, [block_id])
                 for named in (edges.u, edges.v, ids):
                     if len(named):
                         home = (np.asarray(named, np.uint64) // per_block).astype(np.int64)

@@ -24,43 +24,13 @@ BLOCKS_PER_TASK = 64
 FAN_IN = 8
 
 
-def read_block_results(store, stage: str, block_ids: Sequence[int]) -> list[bytes]:
-    """The results blocks ``block_ids`` of ``stage`` stored (those without one are left out)."""
-    reader = getattr(store, "read_block_results", None)
-    if reader is not None:
-        return list(reader(stage, block_ids))
-    from blockseg.graph.files import FileGraphStore
-    from blockseg.graph.sqlite import SqliteGraphStore
-
-    found = []
-    if isinstance(store, FileGraphStore):
-        for block_id in block_ids:
-            try:
-                with np.load(store._stage_dir(stage) / f"{int(block_id)}.npz", allow_pickle=False) as archive:
-                    if "result" in archive.files:
-                        found.append(archive["result"].tobytes())
-            except FileNotFoundError:
-                continue
-        return found
-    if isinstance(store, SqliteGraphStore):
-        for block_id in block_ids:
-            row = store._db.execute(
-                "SELECT data FROM results WHERE stage = ? AND block = ?", (stage, int(block_id))
-            ).fetchone()
-            if row is not None and row[0] is not None:
-                found.append(bytes(row[0]))
-        return found
-    wanted = set(int(b) for b in block_ids)
-    return [data for block, data in store.block_results(stage).items() if block in wanted]
-
-
 def group_tables(store_url: str, stage: str, block_ids: Sequence[int], lut_paths: Sequence[str]) -> list:
     """The summed table of some blocks, then the same relabelled through each LUT."""
     from blockseg.graph import open_store
 
     store = open_store(store_url)
     try:
-        results = read_block_results(store, stage, block_ids)
+        results = store.read_block_results(stage, block_ids).values()
     finally:
         store.close()
     table = evaluate_worker.merge_contingency(tuple(unpack_arrays(data)) for data in results)

@@ -331,6 +331,19 @@ def test_unwritable_location(tmp_path, backend):
         open_store(url_for(backend, target))
 
 
+def test_read_block_results_reads_only_those_blocks(store):
+    store.commit_block("evaluate", 0, BlockOutput(result=b"zero"))
+    store.commit_block("evaluate", 1, BlockOutput(edges=edges([[1, 2]], [0.5])))  # no result
+    store.commit_block("evaluate", 2, BlockOutput(result=b""))
+    store.commit_block("evaluate", 3, BlockOutput(result=b"old"))
+    store.commit_block("evaluate", 3, BlockOutput(result=b"new"))  # a rerun replaces
+    store.commit_block("other", 0, BlockOutput(result=b"elsewhere"))
+    assert store.read_block_results("evaluate", [3, 1, 2, 9]) == {2: b"", 3: b"new"}
+    assert store.read_block_results("evaluate", [0]) == {0: b"zero"}
+    assert store.read_block_results("evaluate", []) == {}
+    assert store.read_block_results("missing", [0, 1]) == {}
+
+
 def test_read_block_edges_reads_only_those_blocks(store):
     store.commit_block("agglomerate", 0, BlockOutput(edges=edges([[1, 2], [2, 3]], [0.1, 0.2])))
     store.commit_block("agglomerate", 1, BlockOutput(edges=edges([[3, 4]], [0.3])))

@@ -209,6 +209,13 @@ class GraphStore(Protocol):
 
     def block_results(self, stage: str) -> dict[int, bytes]: ...
 
+    def read_block_results(self, stage: str, block_ids: Sequence[int]) -> dict[int, bytes]:
+        """The results that blocks ``block_ids`` of ``stage`` stored (blocks without one are left out).
+
+        Reads only those blocks, so that tasks summing groups of blocks on
+        the workers each read their own; safe on a store reopened there.
+        """
+
     def write_lut(self, threshold: float, fragment_ids: np.ndarray, segment_ids: np.ndarray) -> None: ...
 
     def read_lut(self, threshold: float) -> tuple[np.ndarray, np.ndarray]: ...

@@ -174,6 +174,18 @@ class FileGraphStore(LutFolder):
                     results[block] = archive["result"].tobytes()
         return results
 
+    def read_block_results(self, stage: str, block_ids: Sequence[int]) -> dict[int, bytes]:
+        folder = self._stage_dir(stage)
+        found = {}
+        for block_id in sorted({int(b) for b in block_ids}):
+            try:
+                with np.load(folder / f"{block_id}.npz", allow_pickle=False) as archive:
+                    if "result" in archive.files:
+                        found[block_id] = archive["result"].tobytes()
+            except FileNotFoundError:
+                continue
+        return found
+
     def _load_nodes(self, path: Path) -> Nodes | None:
         with np.load(path, allow_pickle=False) as archive:
             if "node_ids" not in archive.files:

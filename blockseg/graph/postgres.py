@@ -466,6 +466,15 @@ class PostgresGraphStore(LutFolder):
         rows = self._db.execute("SELECT block, data FROM results WHERE stage = %s", (stage,))
         return {block: bytes(data) for block, data in rows}
 
+    def read_block_results(self, stage: str, block_ids: Sequence[int]) -> dict[int, bytes]:
+        blocks = sorted({int(b) for b in block_ids})
+        if not blocks:
+            return {}
+        rows = self._db.execute(
+            "SELECT block, data FROM results WHERE stage = %s AND block = ANY(%s)", (stage, blocks)
+        )
+        return {block: bytes(data) for block, data in rows}
+
     def _copy_out(self, query: str, kinds: list[str]) -> list[np.ndarray]:
         """Columns of ``query`` (ints and floats only, no NULLs) through one binary COPY."""
         data = bytearray()

@@ -230,6 +230,14 @@ class SqliteGraphStore(LutFolder):
         rows = self._db.execute("SELECT block, data FROM results WHERE stage = ?", (stage,))
         return {block: data for block, data in rows}
 
+    def read_block_results(self, stage: str, block_ids: Sequence[int]) -> dict[int, bytes]:
+        found = {}
+        for block_id in sorted({int(b) for b in block_ids}):
+            row = self._db.execute("SELECT data FROM results WHERE stage = ? AND block = ?", (stage, block_id)).fetchone()
+            if row is not None:
+                found[block_id] = bytes(row[0])
+        return found
+
     def read_nodes(self, roi: Roi | None = None) -> Nodes:
         names = self._attribute_columns("nodes")
         columns = ", ".join(["id", "z", "y", "x", "size"] + names)
