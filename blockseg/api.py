@@ -88,11 +88,19 @@ def run(config: Any, stages: Sequence[str] | None = None, client=None, restart: 
         ``report.ok`` is False when blocks failed on every retry
         (``report.failures`` says which and why); the stages after the
         failed one did not run.
+
+    Notes
+    -----
+    It leaves what ``blockseg run`` leaves for ``blockseg report``: the
+    stages' timings in ``logs/stages.json``, and ``scores.png`` beside
+    ``scores.json`` when the run has scores (and matplotlib is installed).
     """
     from blockseg.engine import run_pipeline, select_stages
     from blockseg.inputs import open_run
     from blockseg.lock import OutputLock
     from blockseg.memory import check_block_memory
+    from blockseg.plots import write_scores_png
+    from blockseg.report import record_stages
 
     config = _config(config)
     with OutputLock(config.output_dir, command="blockseg.run"):
@@ -106,6 +114,9 @@ def run(config: Any, stages: Sequence[str] | None = None, client=None, restart: 
                     pipeline_run.reports[failed.report.stage] = failed.report
         finally:
             pipeline_run.store.close()
+            record_stages(pipeline_run)
+        if pipeline_run.scores is not None:
+            write_scores_png(pipeline_run.scores, config.output_dir)
     return Report(dict(pipeline_run.reports), pipeline_run.scores)
 
 

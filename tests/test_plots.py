@@ -110,3 +110,18 @@ def test_run_and_evaluate_write_scores_png_that_matches_scores_json(tmp_path, sm
 
     with Image.open(png) as image:
         assert PLOTTED_KEY in image.text and image.size[0] > 500
+
+
+def test_python_run_leaves_what_the_command_leaves(tmp_path, small_inputs, client):
+    """blockseg.run writes scores.png and logs/stages.json as `blockseg run` does, for `blockseg report`."""
+    import blockseg
+
+    config = write_config(tmp_path, small_inputs)
+    report = blockseg.run(config, client=client)
+    assert report.ok and report.scores is not None
+    plotted = read_plotted(tmp_path / "out" / "scores.png")
+    expected = _expected(report.scores)
+    assert {k: plotted[k] for k in expected} == expected
+    recorded = json.loads((tmp_path / "out" / "logs" / "stages.json").read_text())
+    assert set(recorded) == set(report.stages)
+    assert all(recorded[name]["succeeded"] == r.succeeded > 0 for name, r in report.stages.items())
