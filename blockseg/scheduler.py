@@ -86,15 +86,17 @@ def _run_block(
     function: BlockFunction,
     block: Block,
     start_mark: tuple[str, str] | None = None,
-    commit: tuple[str, GraphStore] | None = None,
+    commit: tuple[str, GraphStore, str | None] | None = None,
 ) -> _Attempt:
     """Run on a worker: never raise, so the driver sees the worker and traceback.
 
     With ``start_mark`` the block first tells the scheduler it has started,
     so the driver's timeout counts running time, not time in the queue.
-    With ``commit = (stage, store)`` the worker commits the block's rows and
-    done mark itself and returns only its stats: the rows never travel to the
-    driver. A failed commit is a failed attempt like a block that raises.
+    With ``commit = (stage, store, token)`` the worker commits the block's
+    rows and done mark itself and returns only its stats: the rows never
+    travel to the driver. The store refuses the commit if ``token`` is no
+    longer the stage's (the stage was reset while the block ran). A failed
+    commit is a failed attempt like a block that raises.
     """
     worker = socket.gethostname()
     try:
@@ -114,8 +116,8 @@ def _run_block(
         output = function(block)
         if commit is None:
             return _Attempt(True, output, worker)
-        stage, store = commit
-        store.commit_block(stage, block.block_id, output)
+        stage, store, token = commit
+        store.commit_block(stage, block.block_id, output, token=token)
         return _Attempt(True, BlockOutput(stats=output.stats), worker, committed=True)
     except Exception as error:  # noqa: BLE001 - every failure of a block is reported, not raised
         return _Attempt(False, None, worker, traceback.format_exc(), resource_problem(error))
@@ -198,7 +200,9 @@ def run_stage(
     in_flight: dict = {}
     run_id = uuid.uuid4().hex
     resource_failures: list[tuple[int, _Attempt]] = []
-    commit_on_worker = (stage, store) if getattr(store, "workers_write", False) else None
+    # a worker's commit carries the stage's token: the store refuses it once the
+    # stage is reset (a block of an earlier run, still going on a stray worker)
+    commit_on_worker = (stage, store, token or None) if getattr(store, "workers_write", False) else None
 
     def refill(count: int) -> None:
         # after a resource error no new block starts: each would fail alike

@@ -13,7 +13,7 @@ import pytest
 
 from blockseg.geometry import Roi
 from blockseg.graph import open_store
-from blockseg.graph.base import BlockOutput, Edges, Nodes, StageState
+from blockseg.graph.base import BlockOutput, Edges, Nodes, StageState, StaleCommit
 from blockseg.graph.files import FileGraphStore
 from blockseg.graph.postgres import PostgresGraphStore
 from blockseg.graph.sqlite import SqliteGraphStore
@@ -329,6 +329,23 @@ def test_unwritable_location(tmp_path, backend):
         target.chmod(0o500)
     with pytest.raises(StoreError, match="graph store"):
         open_store(url_for(backend, target))
+
+
+def test_a_commit_under_another_token_writes_nothing(store):
+    out = BlockOutput(nodes=nodes([1, 2], np.zeros((2, 3))), edges=edges([[1, 2]], [0.5]), result=b"r")
+    store.set_stage_state("agglomerate", StageState("f", "t1"))
+    store.commit_block("agglomerate", 0, out, token="t1")
+    store.drop_stage("agglomerate")  # reset: no state at all for a while
+    with pytest.raises(StaleCommit, match="agglomerate: block 1 .* no results now; not committed"):
+        store.commit_block("agglomerate", 1, out, token="t1")
+    store.set_stage_state("agglomerate", StageState("f", "t2"))
+    with pytest.raises(StaleCommit, match="token is now t2"):
+        store.commit_block("agglomerate", 1, out, token="t1")
+    assert store.done_blocks("agglomerate") == set()
+    assert len(store.read_block_edges("agglomerate", [0, 1])) == 0 and store.block_results("agglomerate") == {}
+    store.commit_block("agglomerate", 1, out, token="t2")
+    store.commit_block("agglomerate", 2, out)  # without a token, as the driver commits
+    assert store.done_blocks("agglomerate") == {1, 2}
 
 
 def test_read_block_results_reads_only_those_blocks(store):

@@ -20,8 +20,8 @@ from blockseg.cluster import open_client
 from blockseg.config import ClusterConfig
 from blockseg.geometry import Roi
 from blockseg.graph import open_store
-from blockseg.graph.base import BlockOutput, Edges, Nodes
-from blockseg.scheduler import run_stage
+from blockseg.graph.base import BlockOutput, Edges, Nodes, StageState
+from blockseg.scheduler import StageFailed, run_stage
 
 GRID = BlockGrid(Roi((0, 0, 0), (40, 60, 50)), block_shape=(20, 20, 30), context=(0, 0, 0))  # 12 blocks
 
@@ -144,4 +144,33 @@ def test_workers_commit_their_blocks_like_the_driver_would(tmp_path, two_workers
     assert again.submitted == 1 and again.succeeded == 1
     assert len(store.read_edges()) == 36 and len(store.read_nodes()) == 36
     oracle.close()
+    store.close()
+
+
+def reset_during_block(block: Block, folder: str, store_url: str, resets: int) -> BlockOutput:
+    """Block ``resets`` resets the stage while it runs, as a new driver with another config would."""
+    if block.block_id == resets:
+        store = open_store(store_url)
+        store.drop_stage("rows")
+        store.set_stage_state("rows", StageState("another config", "new"))
+        store.close()
+    return rows_block(block, folder, dies=-1, raises=-1)
+
+
+@pytest.mark.parametrize("backend", ["files", "postgres"])
+def test_a_block_of_a_reset_stage_is_not_committed(tmp_path, two_workers, backend, request):
+    """A worker's commit carries the stage's token: a block that outlived its stage's reset lands nowhere."""
+    store = open_store(_url(backend, tmp_path, request))
+    store.set_stage_state("rows", StageState("a config", "old"))
+    function = functools.partial(reset_during_block, folder=str(tmp_path), store_url=store.url, resets=3)
+    # the file store checks the token just before its write, not with it (files have no
+    # transaction): a commit racing the reset could land there, so it runs block 3 alone
+    blocks = [3] if backend == "files" else None
+    with pytest.raises(StageFailed) as failed:
+        run_stage(two_workers, "rows", GRID, function, store, retries=0, progress=False, token="old", block_ids=blocks)
+    failures = {f.block_id: f.traceback for f in failed.value.report.failures}
+    assert 3 in failures and "StaleCommit" in failures[3] and "not committed" in failures[3], failures[3]
+    # only blocks committed after the reset would be there, and every one was refused
+    assert store.done_blocks("rows") == set() and len(store.read_edges()) == 0
+    assert store.stage_state("rows") == StageState("another config", "new")
     store.close()

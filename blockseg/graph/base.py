@@ -33,6 +33,15 @@ class StoreError(ValueError):
     """A graph store cannot be opened or used as asked; the message is one line."""
 
 
+class StaleCommit(StoreError):
+    """A block committed under a token that is no longer its stage's: the stage was reset since."""
+
+
+def stale_commit(stage: str, block_id: int, token: str, current: str | None) -> StaleCommit:
+    now = "the stage has no results now" if current is None else f"the stage's token is now {current[:8]}"
+    return StaleCommit(f"{stage}: block {block_id} was computed for token {token[:8]}, but {now}; not committed")
+
+
 def check_attribute_names(names) -> None:
     """Attribute names become SQL columns and archive keys: keep them plain."""
     for name in names:
@@ -170,8 +179,14 @@ class GraphStore(Protocol):
     #: reopens there); otherwise the driver commits every block.
     workers_write: bool
 
-    def commit_block(self, stage: str, block_id: int, output: BlockOutput) -> None:
-        """Replace the block's rows of ``stage`` and mark it done, atomically."""
+    def commit_block(self, stage: str, block_id: int, output: BlockOutput, token: str | None = None) -> None:
+        """Replace the block's rows of ``stage`` and mark it done, atomically.
+
+        With ``token``, raise :class:`StaleCommit` and write nothing unless
+        it is the stage's current token. Workers commit with it, so a block
+        still running on a worker of an earlier run (a driver killed and
+        started again with another config) cannot land in the reset stage.
+        """
 
     def done_blocks(self, stage: str) -> set[int]:
         """Ids of the blocks of ``stage`` that are done."""

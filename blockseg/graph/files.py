@@ -35,11 +35,12 @@ from blockseg.graph.base import (
     Nodes,
     StageState,
     StoreError,
-    concatenate_edges,
     chunked_edges,
+    concatenate_edges,
     concatenate_nodes,
     graph_from,
     nodes_in_roi,
+    stale_commit,
 )
 
 _TMP = ".tmp-"
@@ -99,9 +100,15 @@ class FileGraphStore(LutFolder):
         return sorted(found, key=lambda item: (item[0], item[1]))
 
     # -- writing -----------------------------------------------------------
-    def commit_block(self, stage: str, block_id: int, output: BlockOutput) -> None:
+    def commit_block(self, stage: str, block_id: int, output: BlockOutput, token: str | None = None) -> None:
         output.check()
         folder = self._stage_dir(stage)
+        if token is not None:
+            # checked before the write, not with it: files have no transaction,
+            # so a reset in the milliseconds between the two is not caught
+            current = self.stage_state(stage)
+            if current is None or current.token != token:
+                raise stale_commit(stage, int(block_id), token, None if current is None else current.token)
         folder.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {}
         if output.nodes is not None:

@@ -51,6 +51,7 @@ from blockseg.graph.base import (
     chunked_edges,
     graph_from,
     meta_text,
+    stale_commit,
 )
 
 SCHEMA = "blockseg"
@@ -363,7 +364,7 @@ class PostgresGraphStore(LutFolder):
         return np.asarray(values).astype(np.int64 if kind == "bigint" else np.float64)
 
     # -- writing -----------------------------------------------------------
-    def commit_block(self, stage: str, block_id: int, output: BlockOutput) -> None:
+    def commit_block(self, stage: str, block_id: int, output: BlockOutput, token: str | None = None) -> None:
         """The block's rows, result and done mark in one transaction; earlier rows of the block replaced."""
         output.check()
         block_id = int(block_id)
@@ -374,6 +375,12 @@ class PostgresGraphStore(LutFolder):
         db = self._db
         counts = [0, 0]
         with db.transaction():
+            if token is not None:
+                # FOR SHARE: a drop_stage (which deletes this row) waits for this
+                # commit, or this commit waits for it and then sees the row gone
+                row = db.execute("SELECT token FROM stages WHERE stage = %s FOR SHARE", (stage,)).fetchone()
+                if row is None or row[0] != token:
+                    raise stale_commit(stage, block_id, token, None if row is None else row[0])
             db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, %s))", (stage, block_id))
             for table in ("nodes", "edges", "results"):
                 db.execute(f"DELETE FROM {table} WHERE stage = %s AND block = %s", (stage, block_id))
@@ -432,7 +439,10 @@ class PostgresGraphStore(LutFolder):
     def drop_stage(self, stage: str) -> None:
         db = self._db
         with db.transaction():
-            for table in ("nodes", "edges", "results", "done", "stages"):
+            # the stage's row first: deleting it waits for the worker commits that
+            # hold it (FOR SHARE, see commit_block), so the deletes below see their
+            # rows, and commits after it find no row and write nothing
+            for table in ("stages", "done", "nodes", "edges", "results"):
                 db.execute(f"DELETE FROM {table} WHERE stage = %s", (stage,))
 
     def set_stage_state(self, stage: str, state: StageState) -> None:

@@ -33,6 +33,7 @@ from blockseg.graph.base import (
     chunked_edges,
     concatenate_edges,
     graph_from,
+    stale_commit,
 )
 
 SCHEMA = """
@@ -134,12 +135,16 @@ class SqliteGraphStore(LutFolder):
                 self._columns[table].append(name)
 
     # -- writing -----------------------------------------------------------
-    def commit_block(self, stage: str, block_id: int, output: BlockOutput) -> None:
+    def commit_block(self, stage: str, block_id: int, output: BlockOutput, token: str | None = None) -> None:
         output.check()
         db = self._db
         block_id = int(block_id)
         db.execute("BEGIN IMMEDIATE")
         try:
+            if token is not None:
+                row = db.execute("SELECT token FROM stages WHERE stage = ?", (stage,)).fetchone()
+                if row is None or row[0] != token:
+                    raise stale_commit(stage, block_id, token, None if row is None else row[0])
             for table in ("nodes", "edges", "edge_blocks", "results"):
                 db.execute(f"DELETE FROM {table} WHERE stage = ? AND block = ?", (stage, block_id))
             if output.nodes is not None and len(output.nodes):
