@@ -6,8 +6,9 @@ of 64 x 128 x 128 voxels, a fragments or agglomerate block decodes 48 chunks
 (3 x 4 x 4) to use the voxels of about 20, and each chunk of the input is
 decoded by every block around it. Decoding is most of what such a block
 reads (float affinities compressed with zstd), so a worker that keeps the
-chunks it decoded, and gets neighbouring blocks (the scheduler's locality
-hints), decodes each chunk about once.
+chunks it decoded decodes again only what its next blocks share with blocks
+that ran elsewhere. Blocks are submitted in grid order, with no locality
+hints: on 2 workers about 60 % of the chunk reads are hits.
 
 The cache belongs to one stage of one run (its ``scope``): a stage never
 reads what it writes, so a chunk cannot change while its scope lives, and a

@@ -158,16 +158,9 @@ def write_lut_pieces(state, parent_finals, lut_folders, piece: int, low: int, hi
     home = _homed_in(ids, ids_per_block, low, high)
     counts = []
     for row, folder in enumerate(lut_folders):
-        own = ids[home]
-        segments = labels[row][home]
-        if parent_finals is not None:
-            keys, values = parent_finals[row]
-            segments = lookup(keys, values, segments)
-            inherited = _homed_in(keys, ids_per_block, low, high) & ~_contains(own, keys)
-            own = np.concatenate([own, keys[inherited]])
-            segments = np.concatenate([segments, values[inherited]])
-            order = np.argsort(own, kind="stable")
-            own, segments = own[order], segments[order]
+        # the piece's own fragments resolved against the parent as a range's are
+        parent = None if parent_finals is None else parent_finals[row]
+        own, segments = resolve((ids[home], labels[row][home]), parent, low, high, ids_per_block)
         lut_pieces.write_piece(folder, piece, own, segments)
         counts.append((len(own), int(np.count_nonzero(own == segments))))
     return counts
