@@ -7,6 +7,11 @@ the same figures are written as one flat JSON object
 ``worker_peak_mib``). ``segments`` runs on the driver alone: its figure is
 per driver.
 
+Then the fragments stage runs again alone, with the default method and with
+each ``--versus`` method, alternating (``--rounds``), on the same cluster and
+input: ``fragments_<method>_seconds`` and
+``fragments_<method>_mvox_per_s_per_worker``, the best of the rounds.
+
 Usage::
 
     python benchmarks/pipeline.py                # 128 x 256 x 256, blocks 64 x 128 x 128
@@ -43,6 +48,29 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _fragments_side_by_side(client, config_path: Path, run, versus: list[str], rounds: int) -> dict[str, float]:
+    """The fragments stage alone with the run's own method and each of ``versus``, alternating; best seconds of each."""
+    from blockseg.config import load_config
+    from blockseg.pipeline import open_run, run_pipeline
+
+    methods = [run.config.stages.fragments.method] + [m for m in versus if m != run.config.stages.fragments.method]
+    if len(methods) < 2:
+        return {}
+    data = yaml.safe_load(config_path.read_text())
+    best: dict[str, float] = {}
+    for round_ in range(rounds):
+        for method in methods:
+            data["output"] = f"side_by_side/{method}_{round_}"
+            data["stages"]["fragments"] = {"method": method}
+            path = config_path.with_name(f"side_{method}_{round_}.yaml")
+            path.write_text(yaml.safe_dump(data))
+            other = open_run(load_config(path))
+            seconds = run_pipeline(other, client, stages=["fragments"])["fragments"].seconds
+            other.store.close()
+            best[method] = min(best.get(method, seconds), seconds)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a small volume that runs in about a minute")
@@ -50,6 +78,9 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, help="volume shape in voxels (z y x)")
     parser.add_argument("--block", type=int, nargs=3, help="block shape in voxels (z y x)")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument("--versus", nargs="*", default=["boundary_watershed"],
+                        help="fragments methods whose stage runs again beside the default's (default: boundary_watershed)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the side-by-side fragments runs")
     args = parser.parse_args()
 
     from blockseg.cluster import open_client
@@ -89,6 +120,7 @@ def main() -> None:
             reports = run_pipeline(run, client)
             run.store.close()
             worker_peaks = client.run(_peak_mib)
+            side_by_side = _fragments_side_by_side(client, config_path, run, args.versus, args.rounds)
 
     figures: dict[str, float] = {}
     print(f"\nvolume {shape} = {voxels / 1e6:.1f} Mvoxel, blocks {block}, {args.workers} worker(s)")
@@ -102,6 +134,16 @@ def main() -> None:
         figures[f"{name}_seconds"] = round(report.seconds, 3)
         figures[f"{name}_mvox_per_s_per_worker"] = round(rate, 3)
         print(f"{name:<12} {report.seconds:9.2f} {rate:14.2f}")
+    if side_by_side:
+        print(f"\nfragments stage side by side, same cluster and input, best of {args.rounds} alternating round(s):")
+        default_method = run.config.stages.fragments.method
+        for method, seconds in side_by_side.items():
+            rate = voxels / seconds / args.workers / 1e6
+            ratio = seconds / side_by_side[default_method]
+            shown = f"{method} (default)" if method == default_method else method
+            print(f"  {shown:<32} {seconds:7.2f} s {rate:7.2f} Mvox/s/worker  {ratio:5.2f}x the default's time")
+            figures[f"fragments_{method}_seconds"] = round(seconds, 3)
+            figures[f"fragments_{method}_mvox_per_s_per_worker"] = round(rate, 3)
     figures["driver_peak_mib"] = round(_peak_mib(), 1)
     figures["worker_peak_mib"] = round(max(worker_peaks.values()), 1)
     figures["best_voi_sum"] = round(run.scores["best"]["voi_sum"], 4)

@@ -127,6 +127,10 @@ def _run_locked(config, stages: Sequence[str] | None, restart: bool, state: dict
     _setup_logging(config.output_dir / "logs")
     where = "" if config.graph else " (the default: inside the output folder)"
     log.info("output %s; graph store %s%s", config.output_dir, config.graph_url, where)
+    if run.data_defaults and run.fragment_stage == "fragments":
+        chosen = ", ".join(f"{key} {value}" for key, value in run.data_defaults.items())
+        voxel_size = " x ".join(str(v) for v in run.voxel_size)
+        log.info("fragments, chosen from the input and its voxel size (%s nm): %s", voxel_size, chosen)
     scheduler = config.scheduler
     log.debug(
         "log file %s; cluster %s; volumes %s; retries %d, %d block(s) in flight per thread, block timeout %s",

@@ -12,6 +12,7 @@ import numpy as np
 
 from blockseg.blocks import BlockGrid
 from blockseg.config import ConfigError, PipelineConfig
+from blockseg.data_defaults import DATA_DEFAULT_KEYS, fill_fragments_defaults
 from blockseg.geometry import Roi
 from blockseg.graph import StoreError, open_store
 from blockseg.layout import check_layouts, prepare_storage
@@ -73,6 +74,11 @@ def open_run(config: PipelineConfig, restart: bool = False) -> Run:
         truth = _open_input(config.resolve(config.input.ground_truth), "input.ground_truth")
         _check_ground_truth(truth, next((v for v in (affinities, embeddings, channels, raw) if v is not None), None))
     reference = next(v for v in (affinities, embeddings, channels, raw, truth) if v is not None)
+    given = config.stages.fragments
+    config = _with_data_defaults(config, reference.voxel_size)
+    filled = {
+        key: getattr(config.stages.fragments, key) for key in DATA_DEFAULT_KEYS if getattr(given, key) is None
+    }
     total_roi = _total_roi(config, reference)
     mask = None
     if config.input.mask:
@@ -122,8 +128,34 @@ def open_run(config: PipelineConfig, restart: bool = False) -> Run:
         affinities, boundaries = None, affinities
     return Run(
         config, store, affinities, truth, total_roi, raw, input_embeddings=embeddings, input_channels=channels,
-        input_boundaries=boundaries, mask=mask, user_tasks=user_tasks,
+        input_boundaries=boundaries, mask=mask, user_tasks=user_tasks, data_defaults=filled,
     )
+
+
+def _with_data_defaults(config: PipelineConfig, voxel_size) -> PipelineConfig:
+    """``config`` with the ``stages.fragments`` keys it leaves out filled from the data (blockseg/data_defaults.py)."""
+    kind = "boundaries" if config.input.boundaries else "affinities" if config.input.affinities or config.stages.predict else None
+    fragments = fill_fragments_defaults(config.stages.fragments, kind, voxel_size)
+    if fragments is config.stages.fragments:
+        return config
+    return config.model_copy(update={"stages": config.stages.model_copy(update={"fragments": fragments})})
+
+
+def with_data_defaults(config: PipelineConfig) -> PipelineConfig:
+    """``config`` as a run of it would see it: the keys left to the data filled (only the input's metadata is read).
+
+    For what shows a config before its run opens (``blockseg tune``'s
+    combinations); :func:`open_run` fills them itself. A config whose input
+    cannot be opened comes back as it is: the run reports that input.
+    """
+    given = [k for k in ("affinities", "boundaries", "raw", "embeddings", "channels", "ground_truth") if getattr(config.input, k)]
+    if not given:
+        return config
+    try:
+        reference = open_volume(config.resolve(getattr(config.input, given[0])))
+    except VolumeError:
+        return config
+    return _with_data_defaults(config, reference.voxel_size)
 
 
 def _built_in_writers(run: Run) -> dict[str, str]:

@@ -54,6 +54,8 @@ class Run:
     mask: Volume | None = None
     # the users' tasks of the config, resolved against this run and in the order they run
     user_tasks: list = field(default_factory=list)
+    # the stages.fragments keys the config left out, as blockseg/data_defaults.py filled them
+    data_defaults: dict = field(default_factory=dict)
 
     @property
     def source(self) -> tuple[Volume, str]:

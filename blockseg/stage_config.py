@@ -6,7 +6,7 @@ them); ``blockseg tasks`` lists their parameters and defaults.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -30,11 +30,17 @@ def _non_negative(values: Optional[list[int]], name: str) -> Optional[list[int]]
 
 
 
-class FragmentsConfig(_Strict):
-    """Fragments: a seeded watershed of the boundary map or of the distance to it, or mutex watershed."""
+# what a data-dependent default says of itself (blockseg/data_defaults.py has the rules)
+FROM_THE_DATA = "unset: from the input and voxel size"
 
-    method: Literal["boundary_watershed", "distance_watershed", "mutex_watershed"] = Field(
-        "boundary_watershed", description="how fragments are made (see the README's Fragments section)"
+
+class FragmentsConfig(_Strict):
+    """Fragments: a seeded watershed over the affinity edges, of the boundary map or of the distance to it, or mutex watershed."""
+
+    method: Optional[Literal["affinity_watershed", "boundary_watershed", "distance_watershed", "mutex_watershed"]] = Field(
+        None,
+        description=f"how fragments are made; {FROM_THE_DATA}: affinity_watershed for input.affinities, "
+        "boundary_watershed for input.boundaries",
     )
     context: Optional[list[int]] = Field(
         None, description="nm read beyond each block; default depends on the method (see the README)"
@@ -42,11 +48,21 @@ class FragmentsConfig(_Strict):
     boundary_threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="distance_watershed: mean affinity at or below which a voxel is boundary"
     )
-    min_seed_distance: float = Field(100.0, gt=0, description="nm between seeds (both watersheds)")
-    smooth_sigma: float = Field(5.0, ge=0, description="boundary_watershed: Gaussian sigma (nm) applied to the map first")
+    min_seed_distance: Optional[Union[float, list[float]]] = Field(
+        None,
+        description="nm between seeds (the watersheds), one number or one per axis (z, y, x; 0: seeds per "
+        f"section); {FROM_THE_DATA}: 10 of the smallest voxels (z: 0 for affinity_watershed on serial sections)",
+    )
+    smooth_sigma: Optional[float] = Field(
+        None, ge=0,
+        description=f"Gaussian sigma (nm) of the map the watersheds seed from (and boundary_watershed floods); "
+        f"{FROM_THE_DATA}: half the smallest voxel",
+    )
     mws_bias: float = Field(-0.7, description="mutex_watershed: added to the affinities; negative values repel")
     mws_min_size: int = Field(10, ge=1, description="mutex_watershed: smaller pieces (voxels) are flooded from neighbours")
-    fragments_in_xy: bool = Field(False, description="one watershed per z section (for anisotropic data)")
+    fragments_in_xy: Optional[bool] = Field(
+        None, description=f"one watershed per z section; {FROM_THE_DATA}: only for a voxel-map watershed on serial sections"
+    )
     min_mean_affinity: Optional[float] = Field(None, ge=0.0, le=1.0, description="drop fragments whose mean affinity is below")
     epsilon_agglomerate: float = Field(0.0, ge=0.0, description="merge fragments whose score is below this in the block")
     ids_per_block: Optional[int] = Field(None, gt=0, description="id space of a block; default: voxels of a block")
@@ -54,6 +70,19 @@ class FragmentsConfig(_Strict):
 
     _ctx = field_validator("context")(lambda v: _non_negative(v, "context"))
     _chunk = field_validator("chunk_shape")(lambda v: _positive(v, "chunk_shape"))
+
+    @field_validator("min_seed_distance")
+    @classmethod
+    def _seed_distance(cls, value: Optional[Union[float, list[float]]]) -> Optional[Union[float, list[float]]]:
+        if value is None:
+            return value
+        if isinstance(value, list):
+            if len(value) != 3 or any(d < 0 for d in value) or not any(d > 0 for d in value):
+                raise ValueError(f"one number, or 3 (z, y, x) of at least 0 and not all 0, expected; got {value}")
+            return [float(d) for d in value]
+        if value <= 0:
+            raise ValueError(f"must be greater than 0, got {value}")
+        return float(value)
 
 
 SCORINGS_HELP = "mean, hist_quant_N (N in 10..95 by 5), max, min"

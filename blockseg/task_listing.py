@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from blockseg.errors import ConfigError
 from blockseg.registry import STAGE_ORDER
-from blockseg.stage_config import StagesConfig
+from blockseg.stage_config import FROM_THE_DATA, StagesConfig
 from blockseg.user_tasks import ENTRY_POINT_GROUP, installed_tasks, load_task_class
 
 
@@ -14,6 +14,8 @@ def _parameters(model) -> list[str]:
         if key == "base_dir":
             continue
         default = "required" if field.is_required() else f"default {field.get_default(call_default_factory=True)!r}"
+        if default == "default None" and FROM_THE_DATA in (field.description or ""):
+            default = "default from the data"  # blockseg/data_defaults.py fills it when the run opens
         note = f"  ({field.description})" if field.description else ""
         lines.append(f"    {key}: {default}{note}")
     return lines or ["    (no parameters)"]

@@ -301,11 +301,13 @@ def plan_sweep(config_path: str | Path, roi: Sequence[int], grid_entries: Sequen
         One line naming the bad argument, before anything is written.
     """
     from blockseg.config import load_config, parse_config
+    from blockseg.inputs import with_data_defaults
 
     name, iou = parse_metric(metric)
     grid = parse_grid(grid_entries)
     config_path = Path(config_path).resolve()
-    base_config = load_config(config_path)
+    # the keys a config leaves to the data compare as the run would fill them
+    base_config = with_data_defaults(load_config(config_path))
     base_data = yaml.safe_load(config_path.read_text())
     checked_roi = _check_roi(base_config, roi)
     folder = base_config.output_dir / "tune"
@@ -321,7 +323,7 @@ def plan_sweep(config_path: str | Path, roi: Sequence[int], grid_entries: Sequen
             _set(data, key, value)
         what = "--grid " + ", ".join(f"{k}={v}" for k, v in values.items()) if values else "the config"
         try:
-            whole = parse_config(copy.deepcopy(data), config_path.parent)  # what CONFIG.tuned.yaml would be
+            whole = with_data_defaults(parse_config(copy.deepcopy(data), config_path.parent))  # CONFIG.tuned.yaml
         except ConfigError as error:
             raise ConfigError(f"{what}: {str(error).removeprefix('config error: ')}") from None
         validated = tuple(_get(whole, key) for key in keys)

@@ -135,7 +135,7 @@ def test_report_holds_every_stage_with_its_figures(demo):
     text = (demo / "output" / "report.html").read_text()
     assert "No block failed." in text
     # the config, as written
-    assert "min_seed_distance: 100" in text and "hist_quant_75" in text
+    assert "epsilon_agglomerate: 0.0" in text and "hist_quant_75" in text
 
 
 def test_report_embeds_the_scores_picture_with_the_scores_of_the_run(demo, tmp_path):

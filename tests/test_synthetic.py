@@ -163,9 +163,16 @@ def test_membrane_band_is_low_in_every_channel() -> None:
     affinities = synthetic.affinities_from_labels(labels, noise=0.0, smoothing_sigma=0.0, membrane_width=2)
     # the voxels on both sides of the boundary (x = 3 and 4) are 0 in all channels
     np.testing.assert_array_equal(affinities[:, 0, 0, 3:5], 0.0)
-    np.testing.assert_array_equal(affinities[2, 0, 0, [1, 2, 5, 6, 7]], 1.0)
+    # along x, every edge with a band voxel at either end is 0: (2, 3), (3, 4)
+    # and (4, 5), stored at x = 3, 4, 5; the band is symmetric about the
+    # boundary edge (3, 4), so the lowest edge after a blur is that one
+    np.testing.assert_array_equal(affinities[2, 0, 0, 3:6], 0.0)
+    np.testing.assert_array_equal(affinities[2, 0, 0, [1, 2, 6, 7]], 1.0)
+    blurred = synthetic.affinities_from_labels(labels, noise=0.0, smoothing_sigma=(0, 0, 1.0), membrane_width=2)
+    assert int(np.argmin(blurred[2, 0, 0, 1:])) + 1 == 4
     wider = synthetic.affinities_from_labels(labels, noise=0.0, smoothing_sigma=0.0, membrane_width=4)
     np.testing.assert_array_equal(wider[:, 0, 0, 2:6], 0.0)
+    np.testing.assert_array_equal(wider[2, 0, 0, 2:7], 0.0)
 
 
 def test_affinities_deterministic_per_seed(small_labels: np.ndarray) -> None:

@@ -173,7 +173,7 @@ def test_an_installed_task_is_found_by_name_and_listed(tmp_path, small_inputs, i
     listing = capsys.readouterr().out
     assert "invert  (labtasks:Invert): 255 minus the raw." in listing
     assert "offset: default 255" in listing
-    assert "fragments" in listing and "min_seed_distance: default 100.0" in listing
+    assert "fragments" in listing and "min_seed_distance: default from the data" in listing
 
     by_task = load_config(_config(tmp_path, small_inputs, {"flipped": {"task": "invert", "offset": 200}}))
     assert type(by_task.user_tasks["flipped"]).__name__ == "Invert"

@@ -15,14 +15,22 @@ agglomeration. The methods (``FRAGMENT_METHODS``):
     works) from each inside voxel to the nearest boundary peaks in the middle
     of objects; its local maxima seed a watershed of the inverted distance.
     Good on clean affinities, where the threshold finds every membrane.
+``affinity_watershed``
+    A seeded watershed over the affinity graph itself (see
+    :mod:`workers.affinity_watershed`): edges weighted by one minus their
+    affinity flood from seeds in Prim's order, so every fragment border lies
+    on the edges where the affinities are low, one voxel thin or not. The
+    seeds are the minima of the smoothed voxel map that takes each voxel's
+    highest ``1 - affinity``. What sharp affinities (serial-section EM) need.
 ``mutex_watershed``
     The mutex watershed of the nearest-neighbour affinities plus a bias, as
     volara makes fragments: no seeds, attractive where an affinity exceeds
     ``-bias``, repulsive below; pieces under ``mws_min_size`` voxels (noise
     makes many single voxels) are flooded from their neighbours.
 
-Both watersheds flood with the linear-time bucket queue of
-:mod:`workers.watershed`.
+The watersheds flood with linear-time bucket queues
+(:mod:`workers.watershed` over voxels, :mod:`workers.affinity_watershed`
+over edges).
 
 Examples
 --------
@@ -36,7 +44,7 @@ Examples
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import edt
 import fastremap
@@ -44,6 +52,7 @@ import numba
 import numpy as np
 from scipy import ndimage
 
+from workers.affinity_watershed import affinity_seeds, edge_boundary, edge_levels, edge_watershed
 from workers.seeds import minima_seeds
 from workers.smoothing import smoothed_levels
 from workers.watershed import quantize, seeded_watershed
@@ -60,15 +69,31 @@ def mean_affinity(affinities: np.ndarray, channels: int = 3) -> np.ndarray:
     return affs.mean(axis=0, dtype=np.float32)
 
 
-def _seed_footprint(min_seed_distance: float, voxel_size: Sequence[float]) -> tuple[int, ...]:
+SeedDistance = Union[float, Sequence[float]]
+
+
+def seed_distances(min_seed_distance: SeedDistance, ndim: int) -> tuple[float, ...]:
+    """``min_seed_distance`` per axis: a number for every axis, or one per axis as given (the last ``ndim``)."""
+    if isinstance(min_seed_distance, (int, float, np.number)):
+        return (float(min_seed_distance),) * ndim
+    distances = tuple(float(d) for d in min_seed_distance)
+    if len(distances) < ndim:
+        raise ValueError(f"min_seed_distance {list(distances)}: one per axis ({ndim}) expected")
+    return distances[len(distances) - ndim:]
+
+
+def _seed_footprint(min_seed_distance: SeedDistance, voxel_size: Sequence[float]) -> tuple[int, ...]:
     # An odd window of about min_seed_distance nm per axis: two maxima closer
     # than that cannot both be the maximum of their window. At least 3 voxels:
     # in a window of 1 every voxel is its own maximum, all inside voxels become
-    # one seed and a small min_seed_distance would give fewer fragments.
-    return tuple(max(3, 2 * int(min_seed_distance / (2 * v)) + 1) for v in voxel_size)
+    # one seed and a small min_seed_distance would give fewer fragments. A
+    # distance of 0 asks for a window of 1 on purpose: the affinity
+    # watershed's seeds per section, joined across sections by their z edges.
+    distances = seed_distances(min_seed_distance, len(voxel_size))
+    return tuple(1 if d == 0 else max(3, 2 * int(d / (2 * v)) + 1) for d, v in zip(distances, voxel_size))
 
 
-FRAGMENT_METHODS = ("boundary_watershed", "distance_watershed", "mutex_watershed")
+FRAGMENT_METHODS = ("affinity_watershed", "boundary_watershed", "distance_watershed", "mutex_watershed")
 
 # The inverted distance is flooded as uint16 levels of this fraction of the
 # smallest voxel: fine enough that quantising changes no basin boundary a
@@ -78,7 +103,7 @@ _DISTANCE_LEVELS_PER_VOXEL = 16
 
 
 def _distance_watershed(
-    inside: np.ndarray, voxel_size: Sequence[float], min_seed_distance: float, mask: np.ndarray | None
+    inside: np.ndarray, voxel_size: Sequence[float], min_seed_distance: SeedDistance, mask: np.ndarray | None
 ) -> np.ndarray:
     """Seeded watershed of one 2D or 3D inside mask (boundary voxels join a basin too); labels 1..n, int64."""
     if not inside.any():
@@ -102,13 +127,24 @@ def _flood_levels(boundary: np.ndarray, voxel_size: Sequence[float], smooth_sigm
 
 
 def _boundary_watershed(
-    boundary: np.ndarray, voxel_size: Sequence[float], min_seed_distance: float, smooth_sigma: float,
+    boundary: np.ndarray, voxel_size: Sequence[float], min_seed_distance: SeedDistance, smooth_sigma: float,
     mask: np.ndarray | None,
 ) -> np.ndarray:
     """Seeded watershed of one 2D or 3D boundary map in [0, 1]; labels 1..n, int64."""
     levels = _flood_levels(boundary, voxel_size, smooth_sigma)
     seeds = minima_seeds(levels, _seed_footprint(min_seed_distance, voxel_size), mask)
     return seeded_watershed(levels, seeds, mask=mask)
+
+
+def _affinity_watershed(
+    affinities: np.ndarray, voxel_size: Sequence[float], min_seed_distance: SeedDistance, smooth_sigma: float,
+    mask: np.ndarray | None,
+) -> np.ndarray:
+    """Seeded watershed over the edges of one 2D or 3D block's affinities (one channel per axis); labels 1..n, int64."""
+    levels = edge_levels(affinities)
+    seed_map = _flood_levels(edge_boundary(levels), voxel_size, smooth_sigma)
+    seeds = affinity_seeds(seed_map, _seed_footprint(min_seed_distance, voxel_size), levels, mask)
+    return edge_watershed(levels, seeds, mask=mask)
 
 
 def _mutex_fragments(
@@ -177,7 +213,7 @@ def make_fragments(
     voxel_size: Sequence[float],
     *,
     boundary_threshold: float = 0.5,
-    min_seed_distance: float = 100.0,
+    min_seed_distance: SeedDistance = 100.0,
     smooth_sigma: float = 0.0,
     mws_bias: float = -0.7,
     mws_min_size: int = 10,
@@ -191,7 +227,8 @@ def make_fragments(
     method : str
         One of :data:`FRAGMENT_METHODS`.
     affinities : ndarray, shape (3, z, y, x), or None
-        float32 nearest-neighbour affinities in [0, 1]; only ``mutex_watershed`` needs them.
+        Nearest-neighbour affinities, float32 in [0, 1] or uint8 scaled by
+        255; ``affinity_watershed`` and ``mutex_watershed`` need them.
     boundary : ndarray, shape (z, y, x)
         float32 boundary map in [0, 1], high on membranes (for the watersheds).
     voxel_size : sequence of float
@@ -199,10 +236,14 @@ def make_fragments(
     boundary_threshold : float
         ``distance_watershed``: voxels whose boundary value is at least
         ``1 - boundary_threshold`` (mean affinity at most the threshold) are boundary.
-    min_seed_distance : float
-        nm between seeds (both watersheds).
+    min_seed_distance : float or sequence of float
+        nm between seeds (the watersheds), for every axis or per axis
+        (z, y, x); 0 on an axis: a seed window of one voxel there (the
+        affinity watershed's seeds per section).
     smooth_sigma : float
-        ``boundary_watershed``: Gaussian sigma in nm applied to the map first.
+        ``boundary_watershed`` and ``affinity_watershed``: Gaussian sigma in
+        nm applied to the map the seeds come from (and, for the boundary
+        watershed, that it floods).
     mws_bias : float
         ``mutex_watershed``: added to the affinities; negative values repel.
     mws_min_size : int
@@ -225,6 +266,10 @@ def make_fragments(
         part_mask = None if mask is None else mask[index]
         if method == "boundary_watershed":
             return _boundary_watershed(boundary[index], spacing, min_seed_distance, smooth_sigma, part_mask)
+        if method == "affinity_watershed":
+            # the channels of the axes segmented: all three, or y and x of one section
+            channels = affinities[(slice(3 - len(spacing), 3),) + index]
+            return _affinity_watershed(channels, spacing, min_seed_distance, smooth_sigma, part_mask)
         if method == "distance_watershed":
             inside = boundary[index] < np.float32(1 - boundary_threshold)
             if part_mask is not None:
@@ -435,4 +480,9 @@ def compile_kernels() -> None:
         "boundary_watershed", np.zeros((3, 2, 2, 2), np.float32), tiny, (1, 1, 1), min_seed_distance=1, smooth_sigma=1
     )
     make_fragments("distance_watershed", np.zeros((3, 2, 2, 2), np.float32), tiny, (1, 1, 1), min_seed_distance=1)
+    for affinities in (np.zeros((3, 2, 2, 2), np.float32), np.zeros((3, 2, 2, 2), np.uint8)):
+        make_fragments("affinity_watershed", affinities, tiny, (1, 1, 1), min_seed_distance=1, smooth_sigma=1)
+        make_fragments(
+            "affinity_watershed", affinities, tiny, (1, 1, 1), min_seed_distance=1, smooth_sigma=1, fragments_in_xy=True
+        )
     global_fragments_and_nodes(np.ones((2, 2, 2), np.uint64), 0, 9, (1, 1, 1), (0, 0, 0), tiny)

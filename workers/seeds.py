@@ -26,7 +26,7 @@ from typing import Sequence
 import numba
 import numpy as np
 
-__all__ = ["minima_seeds"]
+__all__ = ["box_minimum", "minima_seeds"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -161,6 +161,20 @@ def _label_minima(levels: np.ndarray, lowest: np.ndarray, mask: np.ndarray, use_
     return seeds.reshape(levels.shape), count
 
 
+def box_minimum(levels: np.ndarray, footprint: Sequence[int]) -> np.ndarray:
+    """The minimum over the box of ``footprint`` centred on each voxel of a 3D level image (edges replicated).
+
+    ``scipy.ndimage.minimum_filter(levels, footprint, mode="nearest")``, in
+    compiled passes.
+    """
+    if any(int(f) % 2 == 0 or int(f) < 1 for f in footprint):
+        raise ValueError(f"footprint {tuple(footprint)}: odd sizes of at least 1 expected")
+    radii = [int(f) // 2 for f in footprint]
+    lowest = _min_outer_axes(np.ascontiguousarray(levels), radii[0], radii[1])
+    _min_inner_axis(lowest, radii[2])
+    return lowest
+
+
 def minima_seeds(levels: np.ndarray, footprint: Sequence[int], mask: np.ndarray | None = None) -> np.ndarray:
     """Seeds of a 2D or 3D level image: the box-minimum plateaus, labelled 1..n.
 
@@ -178,14 +192,9 @@ def minima_seeds(levels: np.ndarray, footprint: Sequence[int], mask: np.ndarray 
     ndarray of int32
         Seed labels, 0 elsewhere.
     """
-    if any(int(f) % 2 == 0 or int(f) < 1 for f in footprint):
-        raise ValueError(f"footprint {tuple(footprint)}: odd sizes of at least 1 expected")
     flat2d = levels.ndim == 2
     volume = levels[None] if flat2d else levels
-    box = (1, *footprint) if flat2d else tuple(footprint)
-    radii = [int(f) // 2 for f in box]
-    lowest = _min_outer_axes(np.ascontiguousarray(volume), radii[0], radii[1])
-    _min_inner_axis(lowest, radii[2])
+    lowest = box_minimum(volume, (1, *footprint) if flat2d else tuple(footprint))
     parent = np.empty(volume.size, np.int32 if volume.size < 2**31 else np.int64)
     if mask is None:
         seeds, _ = _label_minima(volume, lowest, np.zeros((1, 1, 1), np.bool_), False, parent)
