@@ -55,27 +55,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 METHODS = ("affinity_watershed", "boundary_watershed", "distance_watershed", "mutex_watershed")
 DATA_SETS = ("gala", "flyem", "demo", "aniso", "isbi")
-# serial-section affinities: sharp across sections, a little blur in them
-SECTION_BLUR = (0.2, 0.8, 0.8)
-SECTION_NOISE = 0.15
-
-
-def per_section_instances(membrane: np.ndarray) -> np.ndarray:
-    """ISBI's instances: the connected components of ``membrane == 0`` in each section, ids unique; 0 on membrane."""
-    from scipy import ndimage
-
-    labels = np.zeros(membrane.shape, np.uint64)
-    next_id = 0
-    for z in range(membrane.shape[0]):
-        section, count = ndimage.label(membrane[z] == 0)
-        labels[z] = np.where(section > 0, section + next_id, 0)
-        next_id += count
-    return labels
-
-
 def _volumes(name: str, quick: bool) -> tuple[dict[str, np.ndarray], tuple[int, ...], tuple[int, ...]]:
     """The arrays of a data set (``affinities`` or ``boundaries``, ``labels``), its voxel size and block shape (voxels)."""
-    from blockseg.synthetic import affinities_from_labels
+    from blockseg.synthetic import affinities_from_labels, per_section_instances, serial_section_affinities
 
     if name == "gala":
         data = np.load(SHARED_DATA / "gala_fibsem_train.npz")
@@ -87,12 +69,10 @@ def _volumes(name: str, quick: bool) -> tuple[dict[str, np.ndarray], tuple[int, 
         return {"affinities": affinities, "labels": labels}, (10, 10, 10), (64, 128, 128)
     if name == "aniso":
         labels = np.load(SHARED_DATA / "flyem_medulla_250.npz")["labels"].astype(np.uint64)
-        affinities = affinities_from_labels(labels, noise=SECTION_NOISE, smoothing_sigma=SECTION_BLUR, seed=0)
-        return {"affinities": affinities, "labels": labels}, (40, 8, 8), (64, 128, 128)
+        return {"affinities": serial_section_affinities(labels), "labels": labels}, (40, 8, 8), (64, 128, 128)
     if name == "isbi":
         labels = per_section_instances(np.load(SHARED_DATA / "isbi2012_train.npz")["membrane"])
-        affinities = affinities_from_labels(labels, noise=SECTION_NOISE, smoothing_sigma=SECTION_BLUR, seed=0)
-        return {"affinities": affinities, "labels": labels}, (50, 4, 4), (15, 256, 256)
+        return {"affinities": serial_section_affinities(labels), "labels": labels}, (50, 4, 4), (15, 256, 256)
     from blockseg.demo import DEMO_VOXEL_SIZE
     from blockseg.synthetic import make_demo_volume
 

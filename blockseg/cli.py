@@ -116,6 +116,17 @@ def _write_report(config, config_path: Path) -> None:
     print(f"report: {write_report(config, config_path)}")
 
 
+def _shown(key: str, value) -> str:
+    """A fragments setting as the terminal says it: lengths with their unit, numbers without a needless .0."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return f"{value:g} nm" if key in ("smooth_sigma", "min_seed_distance") else f"{value:g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(f"{v:g}" for v in value) + "] nm"
+    return str(value)
+
+
 def _run_locked(config, stages: Sequence[str] | None, restart: bool, state: dict | None = None) -> int:
     from blockseg.cluster import open_client
     from blockseg.pipeline import open_run, run_pipeline
@@ -128,7 +139,7 @@ def _run_locked(config, stages: Sequence[str] | None, restart: bool, state: dict
     where = "" if config.graph else " (the default: inside the output folder)"
     log.info("output %s; graph store %s%s", config.output_dir, config.graph_url, where)
     if run.data_defaults and run.fragment_stage == "fragments":
-        chosen = ", ".join(f"{key} {value}" for key, value in run.data_defaults.items())
+        chosen = ", ".join(f"{key} {_shown(key, value)}" for key, value in run.data_defaults.items())
         voxel_size = " x ".join(str(v) for v in run.voxel_size)
         log.info("fragments, chosen from the input and its voxel size (%s nm): %s", voxel_size, chosen)
     scheduler = config.scheduler

@@ -33,7 +33,9 @@ from blockseg.synthetic_images import (  # noqa: F401
     _object_offsets,
     _texture,
     affinities_from_labels,
+    per_section_instances,
     raw_from_labels,
+    serial_section_affinities,
 )
 from blockseg.synthetic_labels import (  # noqa: F401
     _MAX_FILL_ITERATIONS,

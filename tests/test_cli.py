@@ -21,6 +21,10 @@ def test_demo_status_and_evaluate(tmp_path):
     best = re.search(r"best threshold ([0-9.]+): VOI sum ([0-9.]+)", demo.stdout)
     assert best, demo.stdout
     assert float(best.group(2)) < 0.5
+    # the fragments settings the config leaves out, as the data chose them, said once
+    assert demo.stdout.count("fragments, chosen from the input and its voxel size (20 x 10 x 10 nm): "
+                             "method affinity_watershed, smooth_sigma 5 nm, min_seed_distance 100 nm, "
+                             "fragments_in_xy false") == 1, demo.stdout
     # one row per threshold of the embedded config, plus the fragments row
     rows = [line for line in demo.stdout.splitlines() if re.match(r"\s+0\.\d\s", line)]
     assert len(rows) == 9

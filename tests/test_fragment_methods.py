@@ -84,6 +84,7 @@ def test_gala_boundaries_beat_whole_volume_waterz(tmp_path, client):
 @pytest.mark.parametrize(
     "method, params",
     [
+        ("affinity_watershed", {}),
         ("boundary_watershed", {}),
         ("distance_watershed", {}),
         ("mutex_watershed", {}),
