@@ -29,7 +29,8 @@ Data sets:
 
 Prints one table; ``--json PATH`` writes the figures as one flat object
 (``<data>_<column>_voi_sum``, ``<data>_<column>_seconds`` with columns
-``default``, ``one_block``, each method, ``waterz``, ``waterz_on_ours``).
+``default``, ``one_block``, each method, each ``--scorings`` entry, ``waterz``,
+``waterz_on_ours``).
 
 Usage::
 
@@ -99,7 +100,7 @@ def _write(arrays: dict[str, np.ndarray], voxel_size, folder: Path) -> dict[str,
     return section
 
 
-def _run(client, folder: Path, inputs: dict, voxel_size, block_voxels, method: str | None):
+def _run(client, folder: Path, inputs: dict, voxel_size, block_voxels, method: str | None, scoring: str | None = None):
     """Best scores, seconds, and the run (for its fragments' URL) of one pipeline run."""
     from blockseg.config import load_config
     from blockseg.pipeline import open_run, run_pipeline
@@ -110,7 +111,7 @@ def _run(client, folder: Path, inputs: dict, voxel_size, block_voxels, method: s
         "input": inputs,
         "output": "out",
         "block_shape": [b * v for b, v in zip(block_voxels, voxel_size)],
-        "stages": {"fragments": fragments, "relabel": {"thresholds": [0.5]}},
+        "stages": {"fragments": fragments, "relabel": {"thresholds": [0.5]}, **({"agglomerate": {"scoring": scoring}} if scoring else {})},
         "scheduler": {"progress": False},
     }
     path = folder / "config.yaml"
@@ -139,6 +140,8 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", choices=DATA_SETS, help="data sets (default: all)")
     parser.add_argument("--methods", nargs="*", choices=METHODS, help="methods besides the default (default: all)")
     parser.add_argument("--no-waterz", action="store_true", help="leave out the plain waterz columns")
+    parser.add_argument("--scorings", nargs="*", default=[],
+                        help="agglomerate scorings to run with the default fragments besides hist_quant_75 (e.g. mean)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     args = parser.parse_args()
@@ -175,6 +178,9 @@ def main() -> None:
             for method in methods:
                 best, seconds, _ = _run(client, folder / method, inputs, voxel_size, block, method)
                 _row(figures, name, method, method, blocks, best, seconds)
+            for scoring in args.scorings:
+                best, seconds, _ = _run(client, folder / scoring, inputs, voxel_size, block, None, scoring)
+                _row(figures, name, scoring, f"default, {scoring}", blocks, best, seconds)
             if args.no_waterz:
                 continue
             affinities = arrays.get("affinities")

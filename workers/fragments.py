@@ -189,7 +189,7 @@ def affinities_from_boundaries(boundary: np.ndarray) -> np.ndarray:
     Examples
     --------
     >>> b = np.array([[[0.1, 0.9, 0.2]]], np.float32)
-    >>> affinities_from_boundaries(b)[2].round(2).tolist()
+    >>> affinities_from_boundaries(b)[2].astype(float).round(2).tolist()
     [[[0.0, 0.1, 0.1]]]
     """
     if boundary.dtype == np.uint8:
