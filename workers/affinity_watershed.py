@@ -45,6 +45,8 @@ from typing import Sequence
 import numba
 import numpy as np
 
+from workers.seeds import _find, box_minimum
+
 __all__ = ["affinity_seeds", "edge_boundary", "edge_levels", "edge_watershed"]
 
 _NUM_LEVELS = 256
@@ -168,18 +170,6 @@ def edge_boundary(levels: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _root(parent: np.ndarray, i: int) -> int:
-    root = i
-    while parent[root] != root:
-        root = parent[root]
-    while parent[i] != root:  # path compression
-        following = parent[i]
-        parent[i] = root
-        i = following
-    return root
-
-
-@numba.njit(cache=True, nogil=True)
 def _join_seed_voxels(candidate: np.ndarray, levels: np.ndarray, join_level: int, parent: np.ndarray) -> np.ndarray:
     """Seeds (int32, raster numbered) of the ``candidate`` voxels joined over their edges at or below ``join_level``.
 
@@ -208,8 +198,8 @@ def _join_seed_voxels(candidate: np.ndarray, levels: np.ndarray, join_level: int
             other = index - strides[axis]
             if not flat[other] or levels[c, z, y, x] > join_level:
                 continue
-            a = _root(parent, index)
-            b = _root(parent, other)
+            a = _find(parent, index)
+            b = _find(parent, other)
             if a < b:
                 parent[b] = a
             elif b < a:
@@ -219,7 +209,7 @@ def _join_seed_voxels(candidate: np.ndarray, levels: np.ndarray, join_level: int
     for index in range(size):
         if parent[index] < 0:
             continue
-        root = _root(parent, index)
+        root = _find(parent, index)
         if root == index:
             count += 1
             seeds[index] = count
@@ -265,8 +255,6 @@ def affinity_seeds(
     ndarray of int32
         Seed labels 1..n in raster order of their first voxel, 0 elsewhere.
     """
-    from workers.seeds import box_minimum
-
     flat2d = seed_levels.ndim == 2
     volume = seed_levels[None] if flat2d else seed_levels
     box = (1, *footprint) if flat2d else tuple(footprint)
