@@ -45,7 +45,7 @@ from typing import Sequence
 import numba
 import numpy as np
 
-from workers.seeds import _find, box_minimum
+from workers.seeds import _find, _number_roots, box_minimum
 
 __all__ = ["affinity_seeds", "edge_boundary", "edge_levels", "edge_watershed"]
 
@@ -204,17 +204,7 @@ def _join_seed_voxels(candidate: np.ndarray, levels: np.ndarray, join_level: int
                 parent[b] = a
             elif b < a:
                 parent[a] = b
-    seeds = np.zeros(size, np.int32)
-    count = 0
-    for index in range(size):
-        if parent[index] < 0:
-            continue
-        root = _find(parent, index)
-        if root == index:
-            count += 1
-            seeds[index] = count
-        else:
-            seeds[index] = seeds[root]
+    seeds, _ = _number_roots(parent)
     return seeds.reshape((nz, ny, nx))
 
 

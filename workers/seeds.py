@@ -95,6 +95,28 @@ def _find(parent: np.ndarray, i: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
+def _number_roots(parent: np.ndarray) -> tuple:
+    """Seed labels (flat int32) of a union-find forest whose roots are their sets' first voxels, and their count.
+
+    ``parent`` is -1 outside every set. Seeds are numbered 1..n in raster
+    order of their first voxel, as scipy's ``label`` numbers them.
+    """
+    size = parent.size
+    seeds = np.zeros(size, np.int32)
+    count = 0
+    for index in range(size):
+        if parent[index] < 0:
+            continue
+        root = _find(parent, index)
+        if root == index:  # the seed's first voxel: numbered in raster order
+            count += 1
+            seeds[index] = count
+        else:
+            seeds[index] = seeds[root]
+    return seeds, count
+
+
+@numba.njit(cache=True, nogil=True)
 def _label_minima(levels: np.ndarray, lowest: np.ndarray, mask: np.ndarray, use_mask: bool, parent: np.ndarray) -> tuple:
     """Seeds (int32) of the voxels where ``levels == lowest`` (and ``mask``), 26-connected, raster numbered.
 
@@ -147,17 +169,7 @@ def _label_minima(levels: np.ndarray, lowest: np.ndarray, mask: np.ndarray, use_
                         root = other_root
                     elif other_root > root:
                         parent[other_root] = root
-    seeds = np.zeros(size, np.int32)
-    count = 0
-    for index in range(size):
-        if parent[index] < 0:
-            continue
-        root = _find(parent, index)
-        if root == index:  # the seed's first voxel: numbered in raster order
-            count += 1
-            seeds[index] = count
-        else:
-            seeds[index] = seeds[root]
+    seeds, count = _number_roots(parent)
     return seeds.reshape(levels.shape), count
 
 
