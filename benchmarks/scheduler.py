@@ -9,7 +9,10 @@ from a fresh process connected to that cluster, so the driver's peak resident
 memory is that run's alone (``VmHWM``: ``ru_maxrss`` would carry the forking
 parent's peak into the child); the same stage is then run a
 second time, which must submit nothing (every block is in the ledger), and
-that is timed too.
+that is timed too. Before the first run the stage's state (its token) is
+set in the store, as the pipeline's ``reset_stage`` does: where workers
+commit (the file store) each commit carries the token, and the store
+refuses a block whose token is not the stage's current one.
 
 Then, without running anything, a 10^6-block grid is enumerated (every
 block's write and read ROI) and a ledger of 10^6 done marks, written in one
@@ -153,11 +156,19 @@ def _child_run(spec: dict) -> dict:
 
     from distributed import Client
 
+    from blockseg.graph.base import StageState
+
     run_stage = _driver(spec)
     noop = functools.partial(importlib.import_module(NOOP_MODULE).noop)
     grid = _grid(spec["exponent"])
     store = _open_store(spec["store"], Path(spec["path"]))
+    # Registered as the pipeline's reset_stage registers it: a worker's commit
+    # carries this token, and the file store refuses one that is not the
+    # stage's current token (the stale-commit fence), so without it every
+    # block of the file-store run failed. It also keeps the fence's read of
+    # the stage's state in the timed path, as in a real run.
     token = uuid.uuid4().hex
+    store.set_stage_state(STAGE, StageState(f"benchmarks/scheduler.py 1e{spec['exponent']}", token))
     with Client(spec["address"], timeout=60) as client:
         baseline = _peak_mib()
         profiler = _profiler(spec)

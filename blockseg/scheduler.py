@@ -165,7 +165,13 @@ def run_stage(
         Restrict the run to these blocks.
     token : str
         Part of the task keys, so that tasks of a reset stage never collide
-        with stale results the scheduler may still hold.
+        with stale results the scheduler may still hold. Where the workers
+        commit (``store.workers_write``), each commit carries it and the
+        store refuses (:class:`~blockseg.graph.base.StaleCommit`) a token
+        that is not ``store.stage_state(stage).token``: a caller that passes
+        one sets the stage's state first (``store.set_stage_state``, as the
+        pipeline's ``reset_stage`` does). Empty: commits carry no token and
+        nothing is checked.
     block_timeout : float, optional
         Seconds of running (from when the driver sees the block start on a
         worker, not from submission) after which a block counts as hung: it
