@@ -1,13 +1,17 @@
 """``blockseg run | status | evaluate | demo``.
 
-Exit codes: 0 success, 1 some blocks failed, 2 a bad config or input (one
-line on stderr, nothing written).
+Exit codes: 0 success, 1 some blocks failed or the storage failed (no
+space left, quota, permissions: one line on stderr), 2 a bad config or input
+(one line on stderr, nothing written), 130 interrupted, 141 stdout closed
+early by its reader (``blockseg status CONFIG | head -1``: nothing on
+stderr, as a Unix tool killed by SIGPIPE).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -16,8 +20,40 @@ from typing import Sequence
 from blockseg import __version__
 
 log = logging.getLogger("blockseg")
+#: the exit code when stdout's reader went away: what a shell reports for a tool killed by SIGPIPE
+STDOUT_CLOSED = 128 + signal.SIGPIPE
 #: what the console shows: logging.WARNING with --quiet, INFO, DEBUG with --verbose
 _console_level = logging.INFO
+
+
+class _LogFile(logging.FileHandler):
+    """The run's log file, given up quietly once its disk is full (or its quota spent).
+
+    The standard handler prints a "Logging error" traceback to stderr for
+    every line it cannot write: on a full disk that would bury the one line
+    in which the run reports the problem itself.
+    """
+
+    given_up = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.given_up:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        from blockseg.stage_errors import resource_problem
+
+        error = sys.exc_info()[1]
+        if error is None or resource_problem(error) is None:
+            super().handleError(record)
+            return
+        self.given_up = True
+        stream, self.stream = self.stream, None
+        try:  # what is still buffered cannot be written either
+            if stream is not None:
+                stream.close()
+        except OSError:
+            pass
 
 
 def _setup_logging(log_dir: Path | None, verbose: bool = False) -> None:
@@ -42,7 +78,7 @@ def _setup_logging(log_dir: Path | None, verbose: bool = False) -> None:
     log.addHandler(problems)
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_dir / "blockseg.log")
+        file_handler = _LogFile(log_dir / "blockseg.log")
         file_handler.setLevel(logging.DEBUG)
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(file_handler)
@@ -258,7 +294,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             run.store.close()
         path = Path(args.matching_json) if args.matching_json else config.output_dir / "matching.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(table, indent=2))
+        from blockseg.stage_errors import naming
+
+        with naming(path):  # a full disk fails the write, which names no file
+            path.write_text(json.dumps(table, indent=2))
         print(format_matching(table))
         print(f"matching: {path}")
     return code
@@ -430,17 +469,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _driver_resource_problem(error: BaseException, resource_problem) -> str | None:
-    """One line for a storage error raised in the driver: an OSError, or SQLite's own words for it."""
+    """One line for a storage error raised in the driver: an OSError, or SQLite's own words for it.
+
+    The SQLite error may be the cause of the one raised (a failed commit's
+    rollback fails in turn), so the chain is read as ``resource_problem`` reads it.
+    """
     problem = resource_problem(error)
     if problem is None:
         import sqlite3
 
-        if isinstance(error, sqlite3.OperationalError) and "disk is full" in str(error):
-            problem = "no space left on device: the graph store (sqlite: database or disk is full)"
+        seen = set()
+        while error is not None and id(error) not in seen:
+            seen.add(id(error))
+            if isinstance(error, sqlite3.OperationalError) and "disk is full" in str(error):
+                return "no space left on device: the graph store (sqlite: database or disk is full)"
+            error = error.__cause__ or error.__context__
     return problem
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``blockseg`` command ``argv`` (default: the process's arguments); return its exit code.
+
+    A stdout closed early by its reader (``blockseg status CONFIG | head -1``)
+    ends any command quietly with :data:`STDOUT_CLOSED`, whatever was
+    printing: no traceback, and no second ``BrokenPipeError`` from the
+    interpreter's flush at exit (stdout is pointed at the null device).
+    """
+    from blockseg.terminal import silence_stdout, stdout_reader_gone, stdout_silenced
+
+    try:
+        try:
+            code = _main(argv)
+        finally:
+            # what print() left in the buffer meets a closed pipe here, inside the try,
+            # not in the interpreter's last flush (an "Exception ignored" message)
+            sys.stdout.flush()
+    except BrokenPipeError:
+        if not stdout_reader_gone():
+            raise  # another pipe or socket broke: a real failure
+        silence_stdout()
+        return STDOUT_CLOSED
+    # a log line of a block thread found stdout closed and dropped the rest quietly
+    return STDOUT_CLOSED if stdout_silenced() else code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from blockseg.config import ConfigError
     from blockseg.graph import StoreError
     from blockseg.pipeline import InputError

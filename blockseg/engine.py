@@ -1,4 +1,9 @@
-"""Run stages: resume from the ledger, reset what is stale, hand the blocks to the scheduler."""
+"""Run stages: resume from the ledger, reset what is stale, hand the blocks to the scheduler.
+
+A stage's steps in the driver (``prepare``, a ``global_step``, ``finish``)
+meet a full disk as its blocks do: :class:`~blockseg.stage_errors.ResourceError`,
+one line naming the stage and the path, the traceback in the log file.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ import json
 import logging
 import time
 import uuid
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 from distributed import Client
 
@@ -17,6 +23,7 @@ from blockseg.ledger import fingerprint, is_current, reset_stage, stage_needs, s
 from blockseg.registry import STAGE_ORDER, stages_of
 from blockseg.run_state import InputError, Run
 from blockseg.scheduler import StageFailed, StageReport, run_stage
+from blockseg.stage_errors import ResourceError, naming, resource_problem
 from blockseg.storage import install_on_workers
 from blockseg.task import Stage
 from blockseg.volume import open_volume
@@ -32,6 +39,38 @@ def _check_needs(run: Run, stage: Stage) -> None:
             raise InputError(f"stage {stage.name} needs stage {name} to finish first ({done}/{total} blocks done)")
 
 
+@contextmanager
+def _driver_step(stage: Stage, done: Callable[[], int], total: int) -> Iterator[None]:
+    """Turn a storage error (no space, quota, permissions) of a step in the driver into a ResourceError.
+
+    Parameters
+    ----------
+    stage : Stage
+        The stage the step belongs to (named in the one line).
+    done : callable
+        The stage's blocks done, asked only when the step fails.
+    total : int
+        The stage's blocks (1 for a global step).
+
+    Raises
+    ------
+    ResourceError
+        One line naming the stage, the problem and the path, as a block's
+        resource error gives; from the original, whose traceback goes to
+        the log file (the console shows it with ``--verbose``).
+    """
+    try:
+        yield
+    except ResourceError:
+        raise
+    except Exception as error:
+        problem = resource_problem(error)
+        if problem is None:
+            raise
+        log.debug("%s: %s", stage.name, problem, exc_info=True)
+        raise ResourceError(stage.name, problem, done(), total) from error
+
+
 def run_one_stage(run: Run, stage: Stage, client: Client, restart: bool = False) -> StageReport:
     """Run a stage, resuming from the ledger unless it is stale or ``restart``."""
     _check_needs(run, stage)
@@ -41,7 +80,9 @@ def run_one_stage(run: Run, stage: Stage, client: Client, restart: bool = False)
         return _run_check(run, stage)
     current = is_current(run, stage)
     if stage.prepare is not None and (restart or not current or len(run.store.done_blocks(stage.name)) < total_steps(run, stage)):
-        stage.prepare(run)
+        done_before = 0 if restart or not current else len(run.store.done_blocks(stage.name))
+        with _driver_step(stage, lambda: done_before, total_steps(run, stage)):
+            stage.prepare(run)
     if restart or not current:
         state = reset_stage(run, stage)
         log.info("%s: starting afresh", stage.name)
@@ -55,7 +96,8 @@ def run_one_stage(run: Run, stage: Stage, client: Client, restart: bool = False)
             report.skipped = 1
         else:
             start = time.perf_counter()
-            stage.global_step(run)
+            with _driver_step(stage, lambda: 0, 1):
+                stage.global_step(run)
             run.store.commit_block(stage.name, 0, BlockOutput())
             report.succeeded = 1
             report.seconds = time.perf_counter() - start
@@ -85,12 +127,18 @@ def run_one_stage(run: Run, stage: Stage, client: Client, restart: bool = False)
             )
         except StageFailed as failed:
             # for `blockseg status`, which has no other way to know
-            failures_file.parent.mkdir(parents=True, exist_ok=True)
-            failures_file.write_text(json.dumps([vars(f) for f in failed.report.failures], indent=2))
+            try:
+                with naming(failures_file):
+                    failures_file.parent.mkdir(parents=True, exist_ok=True)
+                    failures_file.write_text(json.dumps([vars(f) for f in failed.report.failures], indent=2))
+            except OSError as error:  # the failed blocks, not the note of them, are what the run must report
+                log.warning("%s: could not note the failed blocks for blockseg status: %s",
+                            stage.name, resource_problem(error) or error)
             raise
         failures_file.unlink(missing_ok=True)
     if stage.finish is not None:
-        stage.finish(run)
+        with _driver_step(stage, lambda: report.skipped + report.succeeded, report.total):
+            stage.finish(run)
     run.reports[stage.name] = report
     return report
 
@@ -102,7 +150,8 @@ def _run_check(run: Run, stage: Stage) -> StageReport:
         report.skipped = 1
     else:
         start = time.perf_counter()
-        stage.global_step(run)  # the scan: raises on a bad input
+        with _driver_step(stage, lambda: 0, 1):
+            stage.global_step(run)  # the scan: raises on a bad input
         # Only a clean scan reaches the store.
         run.store.drop_stage(stage.name)
         run.store.set_stage_state(stage.name, StageState(fingerprint(run, stage), uuid.uuid4().hex))

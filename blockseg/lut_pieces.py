@@ -15,7 +15,10 @@ is one piece with ``ids_per_piece`` null.
 
 Pieces and the index are written under a temporary name and renamed into
 place; the index names the LUT complete, so a crash before it leaves a LUT
-that does not exist (the segments stage then computes it afresh).
+that does not exist (the segments stage then computes it afresh). A write
+that fails (a full disk) removes its temporary file and raises an OSError
+with the errno the system gave and the path of the piece, so the command
+can say what went wrong in one line, and the rerun finds nothing of it.
 """
 
 from __future__ import annotations
@@ -24,9 +27,13 @@ import json
 import os
 import shutil
 import uuid
+from contextlib import suppress
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
+
+from blockseg.stage_errors import naming
 
 INDEX = "index.json"
 
@@ -35,13 +42,42 @@ def folder_name(threshold: float) -> str:
     return f"threshold_{float(threshold)!r}"
 
 
-def _replace_atomically(path: Path, write) -> None:
+def _replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write ``path`` through ``write(handle)`` on a temporary file, then rename it into place.
+
+    Raises
+    ------
+    OSError
+        If writing fails; it names ``path`` when the system named no file
+        (a full disk fails the write or the close, not the open), and the
+        temporary file is gone: a full disk is not left fuller.
+    """
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(temporary, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with naming(path):
+            with open(temporary, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+    except BaseException:
+        with suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise
+
+
+def _save_npy(handle: BinaryIO, table: np.ndarray) -> None:
+    """What ``np.save(handle, table)`` writes, through the file's own ``write``.
+
+    ``np.save`` to a real file hands the data to ``ndarray.tofile``, whose
+    short write on a full disk raises ``OSError("N requested and M
+    written")`` with no errno: nothing could tell it from any other failure.
+    Python's ``write`` raises ``OSError(ENOSPC)`` (or EDQUOT, ...) instead.
+    The bytes are np.save's: the version 1.0 header, then the C-order data.
+    """
+    table = np.ascontiguousarray(table)
+    np.lib.format.write_array_header_1_0(handle, np.lib.format.header_data_from_array_1_0(table))
+    handle.write(table.reshape(-1).view(np.uint8))  # the buffer itself: no copy
 
 
 def piece_path(folder: Path, piece: int) -> Path:
@@ -54,7 +90,7 @@ def write_piece(folder: Path, piece: int, fragment_ids: np.ndarray, segment_ids:
     folder.mkdir(parents=True, exist_ok=True)
     table = np.stack([np.asarray(fragment_ids, np.uint64), np.asarray(segment_ids, np.uint64)])
     path = piece_path(folder, piece)
-    _replace_atomically(path, lambda handle: np.save(handle, table))
+    _replace_atomically(path, lambda handle: _save_npy(handle, table))
     return path
 
 

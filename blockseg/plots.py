@@ -20,6 +20,8 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
+from blockseg.stage_errors import naming
+
 log = logging.getLogger("blockseg")
 
 #: PNG text chunk holding the plotted arrays as JSON.
@@ -162,7 +164,8 @@ def _label_thresholds(axes, thresholds: list[float], splits: list[float], merges
 def _save(figure, path: str | Path, plotted: Mapping[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=100, metadata={PLOTTED_KEY: json.dumps(plotted)})
+    with naming(path):  # a full disk fails the write, which names no file
+        figure.savefig(path, format="png", dpi=100, metadata={PLOTTED_KEY: json.dumps(plotted)})
     return path
 
 

@@ -315,6 +315,7 @@ def write_report(config: "PipelineConfig", config_path: str | Path) -> Path:
     """
     from blockseg.config import ConfigError
     from blockseg.inputs import open_run
+    from blockseg.stage_errors import naming
 
     output_dir = config.output_dir
     if not output_dir.is_dir():
@@ -326,5 +327,6 @@ def write_report(config: "PipelineConfig", config_path: str | Path) -> Path:
         run.store.close()
     page = report_html(config, Path(config_path), rows, view_lines(config, Path(config_path)))
     path = output_dir / "report.html"
-    path.write_text(page, encoding="utf-8")
+    with naming(path):  # a full disk fails the write, which names no file
+        path.write_text(page, encoding="utf-8")
     return path

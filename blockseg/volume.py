@@ -30,6 +30,7 @@ from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 from blockseg import storage
 from blockseg.formats import FormatError, TensorstoreArray, ome_geometry, ome_multiscales, open_n5, open_precomputed
 from blockseg.geometry import Coordinate, Roi, coordinate
+from blockseg.stage_errors import naming
 
 TOKEN_ATTR = "blockseg_token"
 
@@ -180,7 +181,8 @@ class Volume:
         if not self.roi.contains(roi):
             raise VolumeError(f"{self.url}: write ROI {roi} outside the data {self.roi}")
         channels = tuple(slice(None) for _ in self.channel_shape)
-        self.array[channels + roi.slices(self.voxel_size, self.offset)] = data
+        with naming(self.url):  # a full disk fails zarr's write, which names no file: say which volume
+            self.array[channels + roi.slices(self.voxel_size, self.offset)] = data
 
 
 def _read_geometry(array: zarr.Array, url: str) -> tuple[Coordinate, Coordinate, tuple[str, ...]]:

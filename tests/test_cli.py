@@ -1,8 +1,9 @@
-"""The command line: demo (check 1), status, evaluate, help."""
+"""The command line: demo (check 1), status, evaluate, help, a stdout closed early."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -86,3 +87,47 @@ def test_missing_config_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "nope.yaml: no such file" in result.stderr
+
+
+def _blockseg_into(reader: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``blockseg ARGS | READER`` in bash; the pipeline's stdout, and blockseg's stderr and exit code."""
+    script = f'"$@" 2>"$BLOCKSEG_STDERR" | {reader}; exit "${{PIPESTATUS[0]}}"'
+    stderr_file = cwd / "blockseg.stderr"
+    result = subprocess.run(
+        ["bash", "-c", script, "bash", sys.executable, "-m", "blockseg.cli", *args], cwd=cwd,
+        capture_output=True, text=True, timeout=300, env={**os.environ, "BLOCKSEG_STDERR": str(stderr_file)},
+    )
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout, stderr_file.read_text())
+
+
+def test_status_piped_into_head_ends_quietly(tmp_path, small_inputs):
+    from blockseg.cli import STDOUT_CLOSED
+    from helpers import write_config
+
+    config = write_config(tmp_path, small_inputs)
+    piped = _blockseg_into("head -1", "status", str(config), cwd=tmp_path)
+    assert piped.stdout.splitlines() == [piped.stdout.strip("\n")] and piped.stdout.split()[:3] == [
+        "stage", "done", "total"], piped.stdout
+    # nothing on stderr: no BrokenPipeError traceback, no "Exception ignored" from the final flush
+    assert piped.stderr == "", piped.stderr
+    # head may have read every line before it left (then status never met the closed pipe)
+    assert piped.returncode in (0, STDOUT_CLOSED), piped.returncode
+    # a status query leaves nothing behind, closed pipe or not
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_printing_command_ends_quietly_when_its_reader_is_gone(tmp_path, small_inputs):
+    from blockseg.cli import STDOUT_CLOSED
+    from helpers import write_config
+
+    config = write_config(tmp_path, small_inputs, cluster={"local": {"workers": 1}})
+    # `true` leaves before blockseg has written a byte: its first write, whichever, meets a closed pipe
+    for args in (["status", str(config)], ["tasks"], ["run", str(config), "--no-progress"],
+                 ["evaluate", str(config), "--no-progress"]):
+        piped = _blockseg_into("true", *args, cwd=tmp_path)
+        assert piped.returncode == STDOUT_CLOSED, (args, piped.returncode, piped.stderr)
+        assert piped.stderr == "", (args, piped.stderr)  # neither a traceback nor "--- Logging error ---"
+    # the run stopped where its narrative met the closed pipe, lock released: the rerun goes on from there
+    rerun = _cli("run", str(config), "--no-progress", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert re.search(r"relabel: [1-9]\d* block\(s\) done, 0 already done", rerun.stdout), rerun.stdout

@@ -9,6 +9,7 @@ from blockseg.blocks import Block
 from blockseg.evaluate_reduce import reduce_scores
 from blockseg.graph.base import BlockOutput
 from blockseg.run_state import Run
+from blockseg.stage_errors import naming
 from blockseg.task import Stage, no_context, no_outputs, pack_arrays
 from blockseg.volume import open_volume
 from workers import evaluate as evaluate_worker
@@ -34,7 +35,8 @@ def _evaluate_finish(run: Run) -> None:
     scores["thresholds"] = per_threshold
     scores["best"] = {"threshold": float(best), **per_threshold[best]}
     path = run.output_dir / "scores.json"
-    path.write_text(json.dumps(scores, indent=2))
+    with naming(path):  # a full disk fails the write, which names no file
+        path.write_text(json.dumps(scores, indent=2))
     run.scores = scores
 
 
