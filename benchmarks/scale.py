@@ -18,7 +18,10 @@ Printed, and with ``--json PATH`` written as one flat object: ``edges``,
 ``nodes``, ``blocks``, ``write_seconds``, ``write_edges_per_s``,
 ``segments_seconds``, ``relabel_seconds``, ``driver_peak_mib`` (RSS
 high-water of this process, which also runs the dask scheduler),
-``worker_peak_mib`` (the largest worker's RSS high-water), and the
+``worker_peak_mib`` (the largest worker's RSS high-water),
+``segments_pieces``, ``segments_reach`` (in block ids) and
+``segments_scratch_bytes`` (the segments stage's intermediate tables on
+disk, beside the LUTs, removed when the stage ends), and the
 projection for 10^12 voxels (``projected_*``, among them
 ``projected_core_hours_per_tb``): core hours per stage from the measured
 rates, objects and bytes on storage, driver memory.
@@ -240,10 +243,14 @@ def run(args) -> dict:
 
             # 2. segments
             start = time.perf_counter()
-            counts = distributed_luts(client, store, ["fragments", "agglomerate"], THRESHOLDS, blocks, IDS_PER_BLOCK)
+            segments_stats: dict = {}
+            counts = distributed_luts(client, store, ["fragments", "agglomerate"], THRESHOLDS, blocks, IDS_PER_BLOCK,
+                                      stats=segments_stats)
             segments_seconds = time.perf_counter() - start
             print(f"segments: {len(THRESHOLDS)} LUTs in {segments_seconds:.1f} s; segments per threshold: "
                   + ", ".join(f"{t}: {c[1]:,}" for t, c in counts.items()))
+            print(f"  {segments_stats['pieces']} pieces of {segments_stats['blocks_per_piece']} blocks, reach "
+                  f"{segments_stats['reach']} blocks, scratch {segments_stats['scratch_bytes'] / 2**20:,.0f} MiB")
 
             # 3. relabel: every block reads its rows of each LUT
             start = time.perf_counter()
@@ -266,7 +273,8 @@ def run(args) -> dict:
         edges=edges, nodes=nodes, write_seconds=round(write_seconds, 2),
         write_edges_per_s=round(edges / write_seconds), segments_seconds=round(segments_seconds, 2),
         relabel_seconds=round(relabel_seconds, 2), driver_peak_mib=round(driver_peak, 1),
-        worker_peak_mib=round(worker_peak, 1), lut_bytes=lut_bytes,
+        worker_peak_mib=round(worker_peak, 1), lut_bytes=lut_bytes, segments_pieces=segments_stats["pieces"],
+        segments_reach=segments_stats["reach"], segments_scratch_bytes=segments_stats["scratch_bytes"],
     )
     if args.store == "file" and not args.keep and not args.folder:
         import shutil

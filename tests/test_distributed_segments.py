@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from blockseg.config import load_config
-from blockseg.distributed_segments import distributed_luts
+from blockseg.distributed_segments import distributed_luts, scratch_root
 from blockseg.graph import BlockOutput, Edges, FileGraphStore, Nodes, SqliteGraphStore
 from blockseg.graph.base import StageState
 from blockseg.pipeline import open_run, run_pipeline
@@ -90,6 +91,66 @@ def test_components_spanning_many_blocks(tmp_path, client, kind):
             inside = (all_ids >= low) & (all_ids < low + ids_per_block)
             np.testing.assert_array_equal(part_ids, all_ids[inside])
             np.testing.assert_array_equal(part_segments, all_segments[inside])
+    store.close()
+
+
+class _RecordingClient:
+    """A client that keeps every future the stage submits (their results stay gatherable); may fail its last gather."""
+
+    def __init__(self, client, fail_last_gather: bool = False) -> None:
+        self.client = client
+        self.futures = []
+        self.gathers = 0
+        self.fail_last_gather = fail_last_gather
+
+    def submit(self, *args, **kwargs):
+        future = self.client.submit(*args, **kwargs)
+        self.futures.append(future)
+        return future
+
+    def gather(self, futures):
+        self.gathers += 1
+        result = self.client.gather(futures)
+        if self.fail_last_gather and self.gathers == 2:  # the first gathers the pieces, the second the LUT writes
+            raise RuntimeError("the driver fails after the LUT pieces are written")
+        return result
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def test_stage_state_goes_to_scratch_and_is_removed(tmp_path, client):
+    """Tasks return paths and numbers, not arrays; the scratch folder is fresh per run and gone after it, failed or not."""
+    store = FileGraphStore(tmp_path / "graph")
+    num_blocks, ids_per_block = 60, 1000
+    _spanning_graph(store, num_blocks, ids_per_block, seed=5)
+    stages = ["fragments", "agglomerate"]
+    # a crashed run's scratch: files named as this run names its own, holding garbage
+    root = scratch_root(store)
+    assert root.parent == store.lut_dir.parent and not root.is_relative_to(store.lut_dir)
+    stale = root / "0123abcd"
+    stale.mkdir(parents=True)
+    np.save(stale / "piece_0.npy", np.full((1 + len(THRESHOLDS), 5), 7, np.uint64))
+    recording = _RecordingClient(client)
+    stats = {}
+    distributed_luts(recording, store, stages, THRESHOLDS, num_blocks, ids_per_block, blocks_per_piece=4, stats=stats)
+    assert_luts_equal_oracle(store, THRESHOLDS)
+    assert stats["pieces"] == 15 and stats["scratch_bytes"] > 0
+    assert not root.exists(), "the scratch folder outlived the stage"
+    # every task's result is a path or a few numbers: the scheduler and the workers hold no arrays between tasks
+    results = recording.client.gather(recording.futures)
+    assert len(results) > 15 * len(THRESHOLDS)
+    for result in results:
+        assert len(pickle.dumps(result)) < 1024 and "ndarray" not in repr(type(result)), type(result)
+    del results
+    recording.futures.clear()
+
+    failing = _RecordingClient(client, fail_last_gather=True)
+    with pytest.raises(RuntimeError, match="driver fails"):
+        distributed_luts(failing, store, stages, THRESHOLDS, num_blocks, ids_per_block, blocks_per_piece=4)
+    failing.futures.clear()
+    assert not root.exists(), "a failed stage left its scratch folder"
+    assert not store.lut_thresholds(), "a failed stage declared a LUT complete"
     store.close()
 
 
